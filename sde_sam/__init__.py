@@ -1,0 +1,19 @@
+"""sde_sam: SDE models of SAM and its variants, batched solvers, weak-error studies and figures.
+
+See ``DESIGN.md`` for the architecture and ``MATH.md`` for every formula.
+"""
+from . import problems, theory
+from .discrete import run
+from .methods import DNSAM, SAM, SGD, USAM, EigenSAM, Method, UnifiedSAM
+from .problems import FiniteSum, Objective, Problem, Quadratic, saddle
+from .results import Trajectory
+from .spectrum import alignment, top_eigenpair
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "problems", "theory",
+    "Problem", "Objective", "Quadratic", "FiniteSum", "saddle",
+    "Method", "SGD", "USAM", "SAM", "DNSAM", "UnifiedSAM", "EigenSAM",
+    "run", "Trajectory", "top_eigenpair", "alignment",
+]

@@ -1,0 +1,69 @@
+"""Per-path random streams, independent of how paths are chunked.
+
+Paths are grouped in fixed blocks; each block owns a ``torch.Generator`` seeded from ``(seed, block)`` by
+``numpy.random.SeedSequence``. A chunk of paths is a union of whole blocks, so the random numbers a path
+sees depend only on the seed, the number of paths and its index, never on the chunk size.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BLOCK = 1024
+"""Paths per random stream; chunk sizes are rounded to a multiple of it."""
+
+Sampler = Callable[[tuple[int, ...], torch.Generator], Tensor]
+"""``sampler(shape, generator)`` returns draws with leading dims ``shape``."""
+
+
+def resolve_seed(seed: int | torch.Generator) -> int:
+    """An integer seed from an int or a ``torch.Generator`` (which is advanced by one draw)."""
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(2**62, (1,), generator=seed, device=seed.device).item())
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` must be an integer >= 0 or a torch.Generator, got seed={seed!r}")
+    return int(seed)
+
+
+class PathStreams:
+    """Random streams for ``n_paths`` paths in blocks of :data:`BLOCK`.
+
+    Args:
+        seed: Integer seed (see :func:`resolve_seed`).
+        n_paths: Number of paths.
+        device: Device the generators live on.
+        stream: Distinguishes independent uses of the same seed (e.g. draws vs. initial vectors).
+    """
+
+    def __init__(self, seed: int, n_paths: int, device: torch.device, *, stream: int = 0):
+        self.n_paths = n_paths
+        self.blocks = [(b, min(b + BLOCK, n_paths)) for b in range(0, n_paths, BLOCK)]
+        entropy = np.random.SeedSequence(entropy=seed, spawn_key=(stream,))
+        self._gens = []
+        for child in entropy.spawn(len(self.blocks)):
+            g = torch.Generator(device=device)
+            g.manual_seed(int(child.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+            self._gens.append(g)
+
+    def draw(self, start: int, stop: int, n_steps: int, sampler: Sampler) -> Tensor:
+        """Draws for paths ``start:stop`` (block-aligned) and ``n_steps`` steps: ``(n_steps, stop-start, ...)``."""
+        parts = []
+        for i, (a, b) in enumerate(self.blocks):
+            if a >= start and b <= stop:
+                parts.append(sampler((n_steps, b - a), self._gens[i]))
+            elif a < stop and b > start:
+                raise ValueError(f"paths {start}:{stop} are not aligned to random-stream blocks of {BLOCK}")
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def chunks(n_paths: int, chunk_size: int | None) -> list[tuple[int, int]]:
+    """Block-aligned ``(start, stop)`` chunks covering ``n_paths`` (``None``: one chunk)."""
+    if chunk_size is None or chunk_size >= n_paths:
+        return [(0, n_paths)]
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer or None, got chunk_size={chunk_size!r}")
+    size = max(BLOCK, chunk_size // BLOCK * BLOCK)
+    return [(a, min(a + size, n_paths)) for a in range(0, n_paths, size)]

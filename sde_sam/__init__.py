@@ -7,6 +7,8 @@ from .discrete import run
 from .methods import DNSAM, SAM, SGD, USAM, EigenSAM, Method, UnifiedSAM
 from .problems import FiniteSum, Objective, Problem, Quadratic, saddle
 from .results import Trajectory
+from .sde import SDEModel, sde_model
+from .solvers import simulate
 from .spectrum import alignment, top_eigenpair
 
 __version__ = "0.1.0"
@@ -15,5 +17,5 @@ __all__ = [
     "problems", "theory",
     "Problem", "Objective", "Quadratic", "FiniteSum", "saddle",
     "Method", "SGD", "USAM", "SAM", "DNSAM", "UnifiedSAM", "EigenSAM",
-    "run", "Trajectory", "top_eigenpair", "alignment",
+    "run", "Trajectory", "sde_model", "SDEModel", "simulate", "top_eigenpair", "alignment",
 ]

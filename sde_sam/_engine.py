@@ -21,7 +21,8 @@ Step = Callable[[Tensor, Any, Any, int], tuple[Tensor, Any, Tensor]]
 def _steps_per_draw(sampler: streams.Sampler, device: torch.device) -> int:
     # Pre-generate this many steps of draws per call: ~4M numbers per block, at most 64 steps. Depends
     # only on the size of one draw, so the random streams (hence results) never depend on chunking.
-    numel = sampler((1, 1), torch.Generator(device=device).manual_seed(0)).numel()
+    one = sampler((1, 1), torch.Generator(device=device).manual_seed(0))
+    numel = sum(t.numel() for t in one) if isinstance(one, tuple) else one.numel()
     return int(min(64, max(1, 2**22 // (streams.BLOCK * numel))))
 
 
@@ -72,7 +73,8 @@ def drive(x_all: Tensor, *, steps: int, record_every: int, observables: dict[str
         for k0 in range(0, steps, block):
             draws = noise.draw(a, b, block, sampler)
             for j in range(min(block, steps - k0)):
-                x, state, fired = step(x, draws[j], state, k0 + j)
+                draw = tuple(t[j] for t in draws) if isinstance(draws, tuple) else draws[j]
+                x, state, fired = step(x, draw, state, k0 + j)
                 guard += fired.sum()
                 if k0 + j + 1 in slot:
                     record(k0 + j + 1)

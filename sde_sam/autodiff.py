@@ -37,6 +37,19 @@ def third_derivative(grad_fn: GradFn, x: Tensor, u: Tensor, w: Tensor) -> Tensor
     return jvp(lambda y: hvp(grad_fn, y, w), (x,), (u,))[1]
 
 
+def taylor_terms(grad_fn: GradFn, x: Tensor, eps: Tensor, order: int) -> list[Tensor]:
+    r"""The terms :math:`\frac1{j!}\nabla^{j+1} f(x)[\varepsilon^{j}]`, :math:`j = 0..r`, of :func:`taylor_grad`."""
+    if order == 0:
+        return [grad_fn(x)]
+    if order == 1:
+        return list(jvp(grad_fn, (x,), (eps,)))
+    if order == 2:
+        # One nested jvp gives the first three derivatives along eps: d/ds of (g(x+s eps), H(x+s eps) eps).
+        (g, h), (_, t) = jvp(lambda y: jvp(grad_fn, (y,), (eps,)), (x,), (eps,))
+        return [g, h, 0.5 * t]
+    raise ValueError(f"`order` must be 0, 1 or 2, got order={order!r}")
+
+
 def taylor_grad(grad_fn: GradFn, x: Tensor, eps: Tensor, order: int) -> Tensor:
     r"""Taylor truncation in ``eps`` of :math:`\nabla f(x+\varepsilon)` (MATH §3.1).
 
@@ -53,13 +66,4 @@ def taylor_grad(grad_fn: GradFn, x: Tensor, eps: Tensor, order: int) -> Tensor:
     Returns:
         ``(n, d)``.
     """
-    if order == 0:
-        return grad_fn(x)
-    if order == 1:
-        g, h = jvp(grad_fn, (x,), (eps,))
-        return g + h
-    if order == 2:
-        # One nested jvp gives f', f'' and f''' along eps at once: d/ds of (g(x+s eps), H(x+s eps) eps).
-        (g, h), (_, t) = jvp(lambda y: jvp(grad_fn, (y,), (eps,)), (x,), (eps,))
-        return g + h + 0.5 * t
-    raise ValueError(f"`order` must be 0, 1 or 2, got order={order!r}")
+    return sum(taylor_terms(grad_fn, x, eps, order))

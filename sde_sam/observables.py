@@ -24,7 +24,10 @@ def resolve(observables: Sequence[str | Observable] | str, problem: Problem) -> 
     out: dict[str, Observable] = {}
     for obs in observables:
         if callable(obs):
-            out[getattr(obs, "__name__", f"obs{len(out)}")] = obs
+            name = getattr(obs, "__name__", "observable")
+            if name == "<lambda>" or name in out:  # anonymous or repeated names get their position
+                name = f"{name.strip('<>')}_{len(out)}"
+            out[name] = obs
         elif obs == "loss":
             out[obs] = problem.loss
         elif obs == "grad_norm":

@@ -15,8 +15,8 @@ from torch import Tensor
 BLOCK = 1024
 """Paths per random stream; chunk sizes are rounded to a multiple of it."""
 
-Sampler = Callable[[tuple[int, ...], torch.Generator], Tensor]
-"""``sampler(shape, generator)`` returns draws with leading dims ``shape``."""
+Sampler = Callable[[tuple[int, ...], torch.Generator], "Tensor | tuple[Tensor, ...]"]
+"""``sampler(shape, generator)`` returns draws (a tensor or a tuple of tensors) with leading dims ``shape``."""
 
 
 def resolve_seed(seed: int | torch.Generator) -> int:
@@ -48,7 +48,7 @@ class PathStreams:
             g.manual_seed(int(child.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
             self._gens.append(g)
 
-    def draw(self, start: int, stop: int, n_steps: int, sampler: Sampler) -> Tensor:
+    def draw(self, start: int, stop: int, n_steps: int, sampler: Sampler):
         """Draws for paths ``start:stop`` (block-aligned) and ``n_steps`` steps: ``(n_steps, stop-start, ...)``."""
         parts = []
         for i, (a, b) in enumerate(self.blocks):
@@ -56,7 +56,11 @@ class PathStreams:
                 parts.append(sampler((n_steps, b - a), self._gens[i]))
             elif a < stop and b > start:
                 raise ValueError(f"paths {start}:{stop} are not aligned to random-stream blocks of {BLOCK}")
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0], tuple):  # several kinds of randomness per step, e.g. (draws, increments)
+            return tuple(torch.cat(p, dim=1) for p in zip(*parts))
+        return torch.cat(parts, dim=1)
 
 
 def chunks(n_paths: int, chunk_size: int | None) -> list[tuple[int, int]]:

@@ -18,6 +18,7 @@ read; absolute timings belong on a GPU.
 Usage:
     python benchmarks/bench_discrete.py                # 10^4 paths, 50 steps (< 2 minutes on 2 cores)
     python benchmarks/bench_discrete.py --quick        # a smoke run (seconds)
+    python benchmarks/bench_discrete.py --threads 1    # steadier on a shared, loaded machine
 """
 from __future__ import annotations
 
@@ -56,14 +57,19 @@ def method(name: str) -> ss.Method:
 
 # -- batched: one call to ss.run -----------------------------------------------------------------------------
 def time_batched(prob, x0: torch.Tensor, name: str, paths: int, steps: int) -> float:
-    """Seconds for ``paths`` runs of ``steps`` steps (after a small warm-up)."""
+    """Seconds for ``paths`` runs of ``steps`` steps."""
     kw = dict(record_every=steps, observables=())  # no observables: time the stepping, as the loop does
-    ss.run(prob, method(name), x0, steps=2, n_paths=8, seed=1, **kw)
     start = time.perf_counter()
     traj = ss.run(prob, method(name), x0, steps=steps, n_paths=paths, seed=0, **kw)
     elapsed = time.perf_counter() - start
     assert traj.n_diverged == 0, traj
     return elapsed
+
+
+def best_of(repeats: int, fn, *args) -> float:
+    """The fastest of ``repeats`` timings after one small warm-up call (timeit's convention)."""
+    fn(*args[:-2], 2, 2)  # warm-up: 2 paths, 2 steps
+    return min(fn(*args) for _ in range(repeats))
 
 
 # -- the per-run loop, as people write it ----------------------------------------------------------------
@@ -152,11 +158,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--paths", type=int, default=10_000, help="paths for the batched runs")
     parser.add_argument("--steps", type=int, default=50, help="steps per run (both sides)")
     parser.add_argument("--loop-paths", type=int, default=20, help="paths for the per-run loop")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1000 paths, 10 steps, 3 loop paths")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1000 paths, 10 steps, 3 loop paths, 1 repeat")
+    parser.add_argument("--repeats", type=int, default=2, help="time each case this many times, keep the best")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice); 1 is steadier on a shared machine")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "discrete.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.paths, args.steps, args.loop_paths = 1000, 10, 3
+        args.paths, args.steps, args.loop_paths, args.repeats = 1000, 10, 3, 1
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     quad, net = quadratic_problem(), mlp_problem()
     check_same_mlp(net)
@@ -166,14 +177,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     header = (f"{'problem':<10} {'d':>4} {'method':<6} {'batched path-steps/s':>21} {'loop path-steps/s':>18} "
               f"{'speed-up':>9}")
     print(f"sde_sam {ss.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.paths} batched paths vs {args.loop_paths} looped paths, {args.steps} steps, float32\n")
+          f"{args.paths} batched paths vs {args.loop_paths} looped paths, {args.steps} steps, float32, "
+          f"best of {args.repeats}\n")
     print(header)
     print("-" * len(header))
     for label, prob, x0, loop in cases:
         for name in ("SGD", "SAM"):
-            batched_s = time_batched(prob, x0, name, args.paths, args.steps)
-            loop(prob, x0, name, 1, 2)  # warm-up
-            loop_s = loop(prob, x0, name, args.loop_paths, args.steps)
+            batched_s = best_of(args.repeats, time_batched, prob, x0, name, args.paths, args.steps)
+            loop_s = best_of(args.repeats, loop, prob, x0, name, args.loop_paths, args.steps)
             row = {"problem": label, "d": prob.d, "method": name, "lr": LR, "rho": RHO if name == "SAM" else 0.0,
                    "steps": args.steps, "batched_paths": args.paths, "batched_seconds": batched_s,
                    "batched_path_steps_per_s": args.paths * args.steps / batched_s,
@@ -188,7 +199,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = {"torch": torch.__version__, "sde_sam": ss.__version__, "threads": torch.get_num_threads(),
            "cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
            "device": "cpu", "dtype": "float32"}
-    config = {"paths": args.paths, "steps": args.steps, "loop_paths": args.loop_paths, "quick": args.quick,
+    config = {"paths": args.paths, "steps": args.steps, "loop_paths": args.loop_paths, "repeats": args.repeats,
+              "quick": args.quick,
+              "threads": torch.get_num_threads(), "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
               "quadratic": {"d": D_QUAD, "noise_cov": NOISE}, "mlp": "sde_sam.problems.mlp() defaults, batch 8"}
     args.out.write_text(json.dumps({"benchmark": "discrete", "config": config, "env": env, "results": rows},
                                    indent=2))

@@ -91,6 +91,8 @@ class SDEModel:
                     F = diff.clipped_factor(M[None], lr=self.lr, report=self.clip_report)[0]
                 else:
                     F = math.sqrt(self.lr) * (eye + c * problem.H) @ S
+                if self.deterministic:
+                    F = torch.zeros(problem.d, 1, dtype=problem.dtype, device=problem.device)
                 self.linear = (problem.H + c * problem.H @ problem.H, F)
         elif draws_all is not None and expectation in ("auto", "enumerate"):
             self.mode, self._draws_all, self.noise_dim = "enumerate", draws_all, draws_all.shape[0]

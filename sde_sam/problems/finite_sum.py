@@ -1,4 +1,4 @@
-"""Finite sums :math:`f = \frac1n\sum_i f_i` with mini-batch gradient noise (MATH §1, model 1)."""
+r"""Finite sums :math:`f = \frac1n\sum_i f_i` with mini-batch gradient noise (MATH §1, model 1)."""
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -36,7 +36,7 @@ def unit_interval(name: str, value: float) -> float:
     return float(value)
 
 
-def state(x0, *, d: int, dtype: torch.dtype, device: torch.device, n_paths: int | None) -> tuple[Tensor, int]:
+def state(x0, *, d: int | None, dtype: torch.dtype, device: torch.device, n_paths: int | None) -> tuple[Tensor, int]:
     """Check an initial state and broadcast it to ``(n_paths, d)``.
 
     ``x0`` is ``(d,)`` (every path starts there) or ``(n_paths, d)``. A dtype or device other than the
@@ -47,6 +47,10 @@ def state(x0, *, d: int, dtype: torch.dtype, device: torch.device, n_paths: int 
     """
     if not isinstance(x0, Tensor):
         raise TypeError(f"`x0` must be a torch.Tensor, got {type(x0).__name__}")
+    if d is None:  # a problem that learns d from its first state
+        if x0.ndim not in (1, 2) or x0.shape[-1] == 0:
+            raise ValueError(f"`x0` must have shape (d,) or (n_paths, d), got {tuple(x0.shape)}")
+        d = x0.shape[-1]
     if x0.dtype != dtype:
         raise ValueError(f"`x0` has dtype {x0.dtype} but the problem uses {dtype}; convert one of them explicitly")
     if x0.device.type != device.type:
@@ -66,3 +70,10 @@ def state(x0, *, d: int, dtype: torch.dtype, device: torch.device, n_paths: int 
     if not bool(torch.isfinite(x).all()):
         raise ValueError("`x0` must be finite, got a tensor with NaN or inf entries")
     return x, n
+
+
+def max_norm(value: float) -> float:
+    """``math.inf`` (no cap) or a finite number ``> 0``."""
+    if value == math.inf and not isinstance(value, bool):
+        return math.inf
+    return positive("max_norm", value)

@@ -71,9 +71,8 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
         raise TypeError(f"`method` must be an sde_sam Method (SGD, USAM, SAM, ...), got {type(method).__name__}")
     _checks.positive_int("steps", steps)
     _checks.positive_int("record_every", record_every)
-    max_norm = _checks.positive("max_norm", max_norm) if math.isfinite(max_norm) else math.inf
-    d = problem.d if problem.d is not None else getattr(x0, "shape", (0,))[-1]
-    x, n = _checks.state(x0, d=d, dtype=problem.dtype, device=problem.device, n_paths=n_paths)
+    max_norm = _checks.max_norm(max_norm)
+    x, n = _checks.state(x0, d=problem.d, dtype=problem.dtype, device=problem.device, n_paths=n_paths)
     eps = method.eps if method.eps is not None else problem.default_eps()
     obs = obs_mod.resolve(observables, problem)
 

@@ -63,9 +63,12 @@ class Method:
     uses_eigenvector: ClassVar[bool] = False
 
     def __post_init__(self):
-        _checks.positive("lr", self.lr)
+        self._set("lr", _checks.positive("lr", self.lr))
         if self.eps is not None:
-            _checks.positive("eps", self.eps)
+            self._set("eps", _checks.positive("eps", self.eps))
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)  # frozen dataclass: store the validated (float) value
 
     @property
     def rho(self) -> float:
@@ -122,7 +125,7 @@ class _Radius(Method):
 
     def __post_init__(self):
         super().__post_init__()
-        _checks.nonneg("rho", self.rho)
+        self._set("rho", _checks.nonneg("rho", self.rho))
 
 
 def _scale(g: Tensor, scale: Tensor | float) -> Tensor:
@@ -185,7 +188,7 @@ class UnifiedSAM(_Radius):
 
     def __post_init__(self):
         super().__post_init__()
-        _checks.unit_interval("lam", self.lam)
+        self._set("lam", _checks.unit_interval("lam", self.lam))
 
     def perturbation(self, g, *, eps, full_grad=None, v=None):
         if self.lam == 0.0:  # no norm at all: USAM exactly, and no guard to fire
@@ -219,7 +222,7 @@ class EigenSAM(_Radius):
 
     def __post_init__(self):
         super().__post_init__()
-        _checks.nonneg("alpha", self.alpha)
+        self._set("alpha", _checks.nonneg("alpha", self.alpha))
         _checks.positive_int("refresh_every", self.refresh_every)
         _checks.positive_int("power_iters", self.power_iters)
         _checks.positive_int("init_power_iters", self.init_power_iters)

@@ -96,7 +96,7 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {BACKENDS}, got backend={backend!r}")
     _checks.positive_int("record_every", record_every)
-    max_norm = _checks.positive("max_norm", max_norm) if math.isfinite(max_norm) else math.inf
+    max_norm = _checks.max_norm(max_norm)
     if dt >= sde.lr:
         warnings.warn(f"dt={dt} >= lr={sde.lr}: Euler–Maruyama at dt >= lr cannot separate the SDE from the "
                       "discrete method in a weak-error comparison (MATH §4); use dt <= lr/10", stacklevel=2)

@@ -65,9 +65,9 @@ class PathStreams:
 
 def chunks(n_paths: int, chunk_size: int | None) -> list[tuple[int, int]]:
     """Block-aligned ``(start, stop)`` chunks covering ``n_paths`` (``None``: one chunk)."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"`chunk_size` must be a positive integer or None, got chunk_size={chunk_size!r}")
     if chunk_size is None or chunk_size >= n_paths:
         return [(0, n_paths)]
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive integer or None, got chunk_size={chunk_size!r}")
     size = max(BLOCK, chunk_size // BLOCK * BLOCK)
     return [(a, min(a + size, n_paths)) for a in range(0, n_paths, size)]

@@ -37,19 +37,9 @@ PROBLEMS = {
     "teacher_student": lambda: teacher_student(n=16, batch_size=3),
 }
 
-FULL_GRAD_NOT_BATCH_INVARIANT = pytest.mark.xfail(
-    strict=True,
-    reason="library bug: FiniteSum.grad/loss/hvp/per_sample_grads vmap the user's loss over paths with the data "
-           "shared, so e.g. `A @ x` becomes one GEMM over all paths whose rounding depends on how many paths are "
-           "in the batch (1-ulp differences; gemv for one row). DNSAM's step uses problem.grad, so one path alone "
-           "differs from the same path in a batch, and recorded 'loss' depends on chunk_size.")
-
-
 # -- paths never interact -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("problem_name", list(PROBLEMS))
-def test_batch_step_equals_each_path_alone(problem_name, method, request):
-    if isinstance(method, ss.DNSAM) and problem_name != "quadratic_full_noise":
-        request.applymarker(FULL_GRAD_NOT_BATCH_INVARIANT)
+def test_batch_step_equals_each_path_alone(problem_name, method):
     prob = PROBLEMS[problem_name]()
     n = 37
     g = torch.Generator().manual_seed(1)
@@ -66,7 +56,6 @@ def test_batch_step_equals_each_path_alone(problem_name, method, request):
         assert torch.equal(fired_alone, fired[i:i + 1])
 
 
-@FULL_GRAD_NOT_BATCH_INVARIANT
 @pytest.mark.parametrize("problem_name", ["linear_regression", "teacher_student"])
 def test_full_batch_gradient_of_one_path_alone(problem_name):
     # The root cause of the DNSAM failures above, shown directly (it fails for any number of rows).
@@ -79,7 +68,7 @@ def test_full_batch_gradient_of_one_path_alone(problem_name):
 
 @pytest.mark.parametrize("problem_name", ["linear_regression", "teacher_student"])
 def test_dnsam_paths_do_not_couple(problem_name):
-    # Weaker than bit for bit (see the xfail above) but catches any missing dim=-1: coupling would be O(1).
+    # Weaker than bit for bit but catches any missing dim=-1: coupling would be O(1).
     prob = PROBLEMS[problem_name]()
     n = 9
     g = torch.Generator().manual_seed(1)
@@ -97,8 +86,7 @@ def _chunk_cases():
     for m in [ss.SGD(0.1), ss.DNSAM(0.1, 0.2)]:
         yield pytest.param("teacher_student", m, id=f"teacher_student-{m.name}")
     for m in [ss.SGD(0.1), ss.DNSAM(0.1, 0.2)]:
-        yield pytest.param("linear_regression", m, id=f"linear_regression-{m.name}",
-                           marks=FULL_GRAD_NOT_BATCH_INVARIANT)
+        yield pytest.param("linear_regression", m, id=f"linear_regression-{m.name}")
 
 
 @pytest.mark.parametrize("problem_name, chunk_method", list(_chunk_cases()))

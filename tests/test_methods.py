@@ -190,8 +190,6 @@ def test_guard_mask_and_eps_keyword():
     assert fired.guard_count == 3  # ||g|| = 0.14 < eps = 1: a user-set eps is honoured
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: methods._scale tests isinstance(scale, float), so an int "
-                   "(or numpy.float32) rho passes validation but USAM's step calls `rho.unsqueeze` -> AttributeError")
 @pytest.mark.parametrize("rho", [1, 0], ids=["int-1", "int-0"])
 def test_integer_rho_is_accepted(rho, diag_quadratic):
     x0 = torch.ones(3, dtype=F64)

@@ -200,9 +200,6 @@ def float32_default():
     torch.set_default_dtype(before)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: gaussian._noise_sqrt builds a float/list noise_cov with "
-                   "torch.tensor/as_tensor in the *default* dtype (float32) before casting to the problem's "
-                   "float64, so sigma^2 = 0.09 becomes 0.0900000036 (relative error 4e-8)")
 @pytest.mark.parametrize("noise_cov", [0.09, [0.09, 0.5, 0.1]], ids=["float", "list"])
 def test_noise_cov_keeps_float64_precision(noise_cov, float32_default):
     prob = ss.Quadratic(torch.eye(3, dtype=F64), noise_cov=noise_cov)

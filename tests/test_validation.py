@@ -179,9 +179,6 @@ def test_bad_chunk_size(bad, quad, x0):
         ss.run(quad, ss.SGD(0.1), x0, steps=2, n_paths=10, chunk_size=bad)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: streams.chunks returns early when chunk_size >= n_paths, "
-                   "before its type check, so a float chunk_size (or True with n_paths=1) is silently accepted "
-                   "for small runs and rejected for large ones")
 @pytest.mark.parametrize("bad, n_paths", [(4096.5, 10), (True, 1)], ids=["float", "bool"])
 def test_bad_chunk_size_on_a_small_run(bad, n_paths, quad, x0):
     with pytest.raises(ValueError, match=r"`chunk_size` must be a positive integer or None"):
@@ -200,9 +197,6 @@ def test_bad_max_norm(bad, quad, x0):
         ss.run(quad, ss.SGD(0.1), x0, steps=2, max_norm=bad)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: discrete.run maps every non-finite max_norm to inf "
-                   "(`... if math.isfinite(max_norm) else math.inf`), so max_norm=nan or -inf is silently "
-                   "'no cap' instead of an error")
 @pytest.mark.parametrize("bad", [math.nan, -math.inf], ids=["nan", "-inf"])
 def test_non_finite_max_norm_other_than_inf(bad, quad, x0):
     with pytest.raises(ValueError, match=r"`max_norm`"):
@@ -232,9 +226,6 @@ def test_steps_is_keyword_only(quad, x0):
         ss.run(quad, ss.SGD(0.1), x0, 10)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: discrete.run takes d from getattr(x0, 'shape', (0,))[-1] when "
-                   "problem.d is None, which raises IndexError for a 0-d tensor instead of the documented "
-                   "ValueError naming x0")
 def test_zero_dim_x0_on_finite_sum_without_d():
     prob = FiniteSum(lambda x, s: (s * x).sum() ** 2, torch.ones(4, 2, dtype=F64))
     with pytest.raises(ValueError, match=r"`x0` must have shape"):

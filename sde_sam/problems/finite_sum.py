@@ -65,13 +65,11 @@ class FiniteSum(Problem):
         def batch_loss(x: Tensor, batch: Data) -> Tensor:
             return vmap(loss_fn, in_dims=(None, 0))(x, batch).mean()
 
-        def full_loss(x: Tensor) -> Tensor:
-            return batch_loss(x, self.data)
-
-        self._loss = vmap(full_loss)
-        self._grad = vmap(grad(full_loss))
+        # Full-batch quantities also go through per-path data (an expanded view, no copy): sharing the data
+        # across paths would fuse all paths into one GEMM whose rounding depends on how many paths there are.
+        self._loss = vmap(batch_loss)
         self._batch_grad = vmap(grad(batch_loss))
-        self._per_sample = vmap(vmap(grad(loss_fn), in_dims=(None, 0)), in_dims=(0, None))
+        self._per_sample = vmap(vmap(grad(loss_fn), in_dims=(None, 0)))
 
     @property
     def noise_scale(self) -> float:
@@ -79,15 +77,19 @@ class FiniteSum(Problem):
         c = 1.0 if self.replacement else (self.n - self.batch_size) / max(self.n - 1, 1)
         return c / self.batch_size
 
+    def _per_path_data(self, n_paths: int) -> Data:
+        expand = lambda t: t.expand(n_paths, *t.shape)
+        return expand(self.data) if isinstance(self.data, Tensor) else tuple(expand(t) for t in self.data)
+
     def loss(self, x: Tensor) -> Tensor:
-        return self._loss(x)
+        return self._loss(x, self._per_path_data(x.shape[0]))
 
     def grad(self, x: Tensor) -> Tensor:
-        return self._grad(x)
+        return self._batch_grad(x, self._per_path_data(x.shape[0]))
 
     def per_sample_grads(self, x: Tensor) -> Tensor:
         r"""All :math:`\nabla f_i(x_p)`: ``(n_paths, d) -> (n_paths, n, d)``."""
-        return self._per_sample(x, self.data)
+        return self._per_sample(x, self._per_path_data(x.shape[0]))
 
     def sample_draws(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
         if self.replacement:

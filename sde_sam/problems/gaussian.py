@@ -17,11 +17,12 @@ def _noise_sqrt(noise_cov, d: int, dtype: torch.dtype, device: torch.device) -> 
     ``noise_cov`` is a float (Σ = σ² I), a ``(d,)`` diagonal or a symmetric PSD ``(d, d)`` matrix. The full
     case uses a symmetric eigendecomposition (once, at construction), so singular Σ are allowed.
     """
-    if isinstance(noise_cov, Real) and not isinstance(noise_cov, bool):
-        noise_cov = torch.tensor(float(noise_cov))
-    if not isinstance(noise_cov, Tensor):
-        noise_cov = torch.as_tensor(noise_cov)
-    cov = noise_cov.to(dtype=dtype, device=device)
+    if isinstance(noise_cov, bool):
+        raise ValueError(f"`noise_cov` must be a number or a tensor, got noise_cov={noise_cov!r}")
+    if isinstance(noise_cov, Real):
+        noise_cov = float(noise_cov)
+    # Build in the problem's dtype directly: a float64 problem must see exactly 0.09, not float32's 0.0900000036.
+    cov = torch.as_tensor(noise_cov, dtype=dtype, device=device)
     shape = tuple(cov.shape)
     if not bool(torch.isfinite(cov).all()):
         raise ValueError("`noise_cov` must be finite")

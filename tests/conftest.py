@@ -1,5 +1,8 @@
 """Shared, generic fixtures. Statistical tests work in float64 with fixed seeds; nothing here changes
-torch's global state (default dtype, global RNG), so test modules stay independent of each other."""
+torch's default dtype or global RNG, so test modules stay independent of each other.
+
+One global setting: torch runs single-threaded in the tests. Test tensors are tiny, and on a busy 2-core
+machine two spinning OpenMP threads make a (20000, 2) matmul ~60x slower; results do not depend on it."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +11,7 @@ import torch
 import sde_sam as ss
 
 F64 = torch.float64
+torch.set_num_threads(1)
 
 # One row per method of MATH §2, with non-trivial hyper-parameters. Tests that hold "for every method"
 # parametrize over this table; test_methods checks that it covers `sde_sam.methods.METHODS`.

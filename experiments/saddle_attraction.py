@@ -1,0 +1,183 @@
+r"""Saddle attraction of SAM-type methods (Compagnoni et al., ICML 2023; MATH §7 "Saddles").
+
+Two problems with the saddle :math:`H=\mathrm{diag}(1,-1)` at the origin and additive Gaussian gradient
+noise :math:`\Sigma=\sigma^2 I`:
+
+* the quadratic saddle :math:`f=\tfrac12(x_1^2-x_2^2)` (the escape direction is unbounded below);
+* a non-convex model with the same saddle and two minima at :math:`x_2=\pm s`:
+  :math:`f=\tfrac12(x_1^2-x_2^2)+x_2^4/(4s^2)`.
+
+Outputs (``results/saddle_attraction/``):
+
+* ``distance.csv``: distance to the saddle :math:`\|x_t\|` over time, per problem, method, :math:`\rho`,
+  discrete run or order-1 SDE: mean, SEM and quantiles across paths.
+* ``escape.csv``: on the non-convex model, the probability that a path has left the saddle
+  (:math:`|x_2(T)|>s/2`) over a :math:`(\rho,\eta)` grid, discrete and SDE, with the theory's verdicts:
+  USAM flow contracts the negative direction iff :math:`\rho|\lambda|>1`; discrete USAM converges along it
+  iff :math:`0\le\lambda(1+\rho\lambda)\le2/\eta`; the SAM/DNSAM flow contracts while :math:`\|Hx\|<\rho|\lambda|`,
+  evaluated at the start :math:`\|Hx_0\|` and at the typical stochastic gradient norm at the saddle
+  :math:`\mathbb E\|\nabla f_\gamma(0)\|=\sigma\sqrt{\pi/2}` (d = 2).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+import sde_sam as ss  # noqa: E402
+from sde_sam import theory  # noqa: E402
+
+STUDY = "saddle_attraction"
+METHODS = ("SGD", "USAM", "DNSAM", "SAM")
+
+
+@dataclass(frozen=True)
+class Config:
+    noise_cov: float = 0.01            # sigma^2
+    well: float = 2.0                  # s: minima of the non-convex model at x2 = +-s
+    x0: tuple = (0.5, 0.0)             # start (||H x0|| = 0.5)
+    # distance over time
+    lr: float = 0.05
+    rhos: tuple = (0.5, 1.5)
+    horizon: float = 8.0
+    n_paths: int = 2000
+    n_paths_sam_sde: int = 500         # SAM's order-1 SDE samples its expectation: costlier
+    sam_expectation: int = 8           # sampled draws per drift evaluation for SAM's SDE
+    dt_ratio: int = 5                  # SDE step dt = lr / dt_ratio
+    records: int = 80
+    # escape grid (non-convex model)
+    grid_rhos: tuple = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+    grid_lrs: tuple = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+    grid_sde_lrs: tuple = (0.05, 0.1, 0.2, 0.4)
+    grid_horizon: float = 20.0
+    grid_paths: int = 1000
+    grid_sde_paths: int = 500
+    grid_sde_dt: float = 0.025
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> "Config":
+        return cls(n_paths=400, n_paths_sam_sde=150, horizon=6.0, records=30, dt_ratio=2,
+                   grid_rhos=(0.1, 0.3, 0.6, 1.0, 1.5), grid_lrs=(0.02, 0.1, 0.4), grid_sde_lrs=(0.2,),
+                   grid_horizon=12.0, grid_paths=300, grid_sde_paths=150, grid_sde_dt=0.05)
+
+    @classmethod
+    def tiny(cls) -> "Config":
+        """For smoke tests: seconds."""
+        return cls(n_paths=64, n_paths_sam_sde=16, horizon=1.0, records=5, rhos=(1.5,),
+                   grid_rhos=(0.3, 1.5), grid_lrs=(0.2,), grid_sde_lrs=(0.2,), grid_horizon=1.0,
+                   grid_paths=32, grid_sde_paths=16, grid_sde_dt=0.1, sam_expectation=2)
+
+
+def make_method(name: str, lr: float, rho: float) -> ss.Method:
+    return ss.SGD(lr) if name == "SGD" else getattr(ss, name)(lr, rho=rho)
+
+
+def problems(cfg: Config) -> dict[str, ss.Problem]:
+    s2 = cfg.well**2
+
+    def nonconvex(x):
+        return 0.5 * (x[0] ** 2 - x[1] ** 2) + x[1] ** 4 / (4 * s2)
+
+    return {"quadratic": ss.saddle((1.0, -1.0), noise_cov=cfg.noise_cov),
+            "nonconvex": ss.Objective(nonconvex, 2, noise_cov=cfg.noise_cov, dtype=torch.float64)}
+
+
+def _simulate(prob, method, x0, *, kind, horizon, n_paths, seed, records, dt, expectation, observables,
+              max_norm):
+    if kind == "discrete":
+        steps = round(horizon / method.lr)
+        return ss.run(prob, method, x0, steps=steps, n_paths=n_paths, seed=seed,
+                      record_every=max(1, steps // records), observables=observables, max_norm=max_norm)
+    sde = ss.sde_model(prob, method, order=1, expectation=expectation, seed=seed)
+    steps = round(horizon / dt)
+    return ss.simulate(sde, x0, t1=steps * dt, dt=dt, n_paths=n_paths, seed=seed,
+                       record_every=max(1, steps // records), observables=observables, max_norm=max_norm)
+
+
+def distance_over_time(cfg: Config) -> pd.DataFrame:
+    x0 = torch.tensor(cfg.x0, dtype=torch.float64)
+    frames = []
+    for pname, prob in problems(cfg).items():
+        for rho in cfg.rhos:
+            for i, name in enumerate(METHODS):
+                if name == "SGD" and rho != cfg.rhos[0]:
+                    continue  # SGD has no rho: one run serves every panel
+                method = make_method(name, cfg.lr, rho)
+                for kind in ("discrete", "sde"):
+                    sam_sde = kind == "sde" and name == "SAM"
+                    traj = _simulate(prob, method, x0, kind=kind, horizon=cfg.horizon,
+                                     n_paths=cfg.n_paths_sam_sde if sam_sde else cfg.n_paths,
+                                     seed=cfg.seed + 10 * i + (kind == "sde"), records=cfg.records,
+                                     dt=cfg.lr / cfg.dt_ratio,
+                                     expectation=cfg.sam_expectation if sam_sde else "auto",
+                                     observables=("x_norm",), max_norm=1e8)
+                    rhos = cfg.rhos if name == "SGD" else (rho,)
+                    for r in rhos:
+                        frames.append(_common.quantile_frame(traj, "x_norm", problem=pname, method=name, rho=r,
+                                                             kind=kind, lr=cfg.lr))
+    return pd.concat(frames, ignore_index=True)
+
+
+def escape_grid(cfg: Config) -> pd.DataFrame:
+    prob = problems(cfg)["nonconvex"]
+    x0 = torch.tensor(cfg.x0, dtype=torch.float64)
+    threshold = cfg.well / 2
+
+    def escaped(x):
+        return (x[:, 1].abs() > threshold).to(x.dtype)
+
+    g0 = float(torch.linalg.vector_norm(prob.grad(x0[None]), dim=-1))
+    g_noise = math.sqrt(cfg.noise_cov) * math.sqrt(math.pi / 2)  # E||Z||, Z ~ N(0, sigma^2 I_2)
+    rows = []
+    for kind, lrs, n_paths in (("discrete", cfg.grid_lrs, cfg.grid_paths), ("sde", cfg.grid_sde_lrs, cfg.grid_sde_paths)):
+        for lr in lrs:
+            for rho in cfg.grid_rhos:
+                for i, name in enumerate(METHODS):
+                    method = make_method(name, lr, rho)
+                    sam_sde = kind == "sde" and name == "SAM"
+                    traj = _simulate(prob, method, x0, kind=kind, horizon=cfg.grid_horizon,
+                                     n_paths=n_paths, seed=cfg.seed + 1000 + 10 * i, records=1,
+                                     dt=min(cfg.grid_sde_dt, lr / 2),
+                                     expectation=cfg.sam_expectation if sam_sde else "auto",
+                                     observables=(escaped,), max_norm=1e6)
+                    vals = traj.values["escaped"][-1]
+                    kept = vals[~traj.diverged]
+                    p = float(kept.mean()) if kept.numel() else math.nan
+                    rows.append({
+                        "kind": kind, "method": name, "lr": lr, "rho": rho, "n_paths": traj.n_paths,
+                        "p_escape": p, "se": math.sqrt(max(p * (1 - p), 0) / max(kept.numel(), 1)),
+                        "p_diverged": traj.n_diverged / traj.n_paths,
+                        # theory verdicts for the negative direction lambda = -1 (True: attracted)
+                        "usam_flow_attracted": bool(theory.usam_flow_contracts(rho, -1.0)),
+                        "usam_discrete_attracted": bool(theory.usam_discrete_converges(lr, rho, -1.0)
+                                                        and theory.usam_discrete_converges(lr, rho, 1.0)),
+                        "sam_flow_attracted_x0": bool(theory.sam_flow_contracts(rho, -1.0, g0)),
+                        "sam_flow_attracted_noise": bool(theory.sam_flow_contracts(rho, -1.0, g_noise)),
+                        "grad_norm_x0": g0, "grad_norm_noise": g_noise,
+                    })
+    return pd.DataFrame(rows)
+
+
+def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
+    _common.setup_torch()
+    out = _common.study_dir(results, STUDY)
+    with _common.Timer() as t:
+        frames = {"distance": distance_over_time(cfg), "escape": escape_grid(cfg)}
+    return _common.finish(cfg, out, frames, t.seconds)
+
+
+def main(argv=None) -> Path:
+    args = _common.parse_args(argv, __doc__.splitlines()[0])
+    return run(Config.quick() if args.quick else Config(), args.results)
+
+
+if __name__ == "__main__":
+    main()

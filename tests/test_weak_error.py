@@ -1,0 +1,320 @@
+"""Weak-error studies (MATH §5): exact moments first (no Monte-Carlo noise, tight bands), then Monte Carlo
+against them within 4 SE, the Monte-Carlo floor, resuming, and a non-quadratic finite sum (slow)."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.linalg import expm
+
+import sde_sam as ss
+from sde_sam import weak_error as wem
+from sde_sam.weak_error import MonteCarloFloorError, WeakErrorStudy, weak_error
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def quad() -> ss.Quadratic:
+    """f = ½ xᵀ diag(1, 4) x with Σ = I (the CLI demo problem)."""
+    return ss.Quadratic(torch.diag(torch.tensor([1.0, 4.0], dtype=F64)), noise_cov=1.0)
+
+
+@pytest.fixture
+def x0() -> torch.Tensor:
+    return torch.full((2,), 0.5, dtype=F64)
+
+
+def exact_study(problem, x0, **kw) -> WeakErrorStudy:
+    kw.setdefault("test_functions", ["loss", "x_norm_sq"])
+    return weak_error(problem, ss.USAM(0.1, rho=0.1), x0=x0, mode="exact", **kw)
+
+
+# -- exact moments ------------------------------------------------------------------------------------------
+def test_ou_moments_match_van_loan(spd):
+    """Mean e^{-At}x0 and the Lyapunov covariance from the Van Loan block exponential (scipy)."""
+    A, G = spd(3, seed=1).numpy(), np.random.default_rng(0).normal(size=(3, 3))
+    Q, lr, x = G @ G.T, 0.05, np.array([1.0, -2.0, 0.5])
+    times = np.array([0.0, 0.3, 1.7])
+    m, C = wem._ou_moments(A, Q, lr, x, times)
+    for t, mt, Ct in zip(times, m, C):
+        block = expm(np.block([[A, lr * Q], [np.zeros((3, 3)), -A.T]]) * t)
+        phi = block[3:, 3:].T  # e^{-At}
+        np.testing.assert_allclose(mt, phi @ x, atol=1e-12)
+        np.testing.assert_allclose(Ct, phi @ block[:3, 3:], atol=1e-12)
+
+
+def test_ou_moments_with_a_zero_and_negative_eigenvalue():
+    """A saddle direction (a < 0) grows; a = 0 gives the Brownian covariance η q t."""
+    A, Q = np.diag([0.0, -0.5]), np.eye(2)
+    m, C = wem._ou_moments(A, Q, 0.1, np.array([1.0, 1.0]), np.array([2.0]))
+    np.testing.assert_allclose(m[0], [1.0, math.exp(1.0)])
+    np.testing.assert_allclose(np.diag(C[0]), [0.1 * 2.0, 0.1 * np.expm1(2.0)], rtol=1e-12)
+
+
+def test_exact_mode_matches_math_closed_forms(quad, x0):
+    """MATH §3.4: E f(x_k) and E f(X_t) for diagonal H and Σ = σ² I, at every compared time."""
+    lr, rho, lam = 0.05, 0.2, np.array([1.0, 4.0])
+    study = exact_study(quad, x0, lrs=[lr], horizon=1.0, rho=rho, sde_order=1)
+    t = study.table[study.table["test_function"] == "loss"]
+    a, x = lam * (1 + rho * lam), x0.numpy()
+    k = np.rint(t["time"].to_numpy() / lr)[:, None]
+    q = (1 - lr * a) ** 2
+    disc = 0.5 * (lam * (q**k * x**2 + lr**2 * (1 + rho * lam) ** 2 * (1 - q**k) / (1 - q))).sum(1)
+    s = t["time"].to_numpy()[:, None]
+    sde = (0.5 * lam * x**2 * np.exp(-2 * a * s) + lr / 4 * (1 + rho * lam) * (1 - np.exp(-2 * a * s))).sum(1)
+    np.testing.assert_allclose(t["discrete_mean"], disc, rtol=1e-12)
+    np.testing.assert_allclose(t["sde_mean"], sde, rtol=1e-12)
+    assert (t["discrete_se"] == 0).all() and (t["gap_se"] == 0).all()
+
+
+def test_exact_order_one_slope_with_fixed_rho(quad, x0):
+    study = exact_study(quad, x0, lrs=[0.04, 0.02, 0.01, 0.005], horizon=1.0, rho=0.1, sde_order=1)
+    for tf in ("loss", "x_norm_sq"):
+        fit = study.order(tf)
+        assert abs(fit.slope - 1) < 0.1, fit
+        assert fit.fit == "ols" and fit.ci_low < fit.slope < fit.ci_high
+    assert study.mode == "exact" and study.config["n_paths"] is None
+
+
+def test_exact_sqrt_rho_separates_order_zero_from_order_one(quad, x0):
+    """ρ = √η: the order-0 (SGD) SDE misses the O(ρ) drift ρH²x, so its weak order drops to 1/2."""
+    study = exact_study(quad, x0, lrs=[0.04, 0.02, 0.01, 0.005], horizon=1.0, rho=lambda lr: lr**0.5,
+                        sde_order=[0, 1])
+    for tf in ("loss", "x_norm_sq"):
+        assert abs(study.order(tf, "order 0").slope - 0.5) < 0.1
+        # Order 1 is exact in ρ here, its gap is η·C(ρ(η)) with C decreasing as ρ = √η shrinks: slope
+        # a little above 1 at these η (1.15), tending to 1.
+        assert 1.0 <= study.order(tf, "order 1").slope < 1.2
+    rhos = study.table.groupby("lr")["rho"].first()
+    np.testing.assert_allclose(rhos.to_numpy(), rhos.index.to_numpy() ** 0.5)
+
+
+def test_orders_one_two_and_exact_coincide_on_quadratics(quad, x0):
+    study = exact_study(quad, x0, lrs=[0.05, 0.025], horizon=0.5, sde_order=[1, 2, "exact"])
+    t = study.table
+    for model in ("order 2", "exact"):
+        np.testing.assert_array_equal(t[t["model"] == model]["gap"].to_numpy(), t[t["model"] == "order 1"]["gap"].to_numpy())
+
+
+def test_exact_solver_error_is_small_and_halves(quad, x0):
+    """Euler–Maruyama's own error (dt = lr/10 vs lr/20) is far below the gap, and first order in dt."""
+    a = exact_study(quad, x0, lrs=[0.05, 0.025], horizon=0.5, dt_ratio=10)
+    b = exact_study(quad, x0, lrs=[0.05, 0.025], horizon=0.5, dt_ratio=20)
+    assert (a.solver_error["ratio"] < 0.1).all()
+    ratio = a.solver_error["max_abs_diff"].to_numpy() / b.solver_error["max_abs_diff"].to_numpy()
+    np.testing.assert_allclose(ratio, 2.0, rtol=0.1)
+
+
+def test_exact_paper_diffusion_differs_by_rho_squared(quad, x0):
+    """Σ + ρ(ΣH + HΣ) vs (I+ρH)Σ(I+ρH): they differ by ρ²HΣH, so the gaps differ by O(ρ²η)."""
+    kw = dict(lrs=[0.05], horizon=0.5, rho=0.1)
+    factor, paper = exact_study(quad, x0, **kw), exact_study(quad, x0, diffusion="paper", **kw)
+    diff = (factor.table["sde_mean"] - paper.table["sde_mean"]).abs().max()
+    assert 0 < diff < 0.1**2 * 0.05 * 16
+
+
+def test_exact_mode_drops_non_quadratic_test_functions(quad, x0):
+    with pytest.warns(UserWarning, match="dropping test functions"):
+        study = weak_error(quad, ss.USAM(0.1, rho=0.1), lrs=[0.1, 0.05], horizon=0.5, x0=x0)
+    assert study.mode == "exact" and study.test_functions == ["loss", "x_norm_sq"]
+
+
+def test_exact_mode_warns_when_the_method_is_unstable(quad, x0):
+    with pytest.warns(UserWarning, match="unstable at lr=0.5"):
+        exact_study(quad, x0, lrs=[0.5, 0.1], horizon=1.0)
+
+
+# -- Monte Carlo --------------------------------------------------------------------------------------------
+def test_monte_carlo_agrees_with_exact_within_4_se(quad, x0):
+    """Every point, both lrs and models: the discrete means within 4 SE of the exact recursion; the SDE
+    means within 4 SE of the exact moments of Euler–Maruyama at the same dt (its bias is reported apart,
+    in `solver_error`); the gaps within 4 SE plus that bias."""
+    kw = dict(lrs=[0.1, 0.05], horizon=0.3, x0=x0, rho=lambda lr: 0.5 * lr**0.5, sde_order=[0, 1],
+              test_functions=["loss", "x_norm_sq"], record_every=1)
+    ex = weak_error(quad, ss.USAM(0.1), mode="exact", **kw)
+    mc = weak_error(quad, ss.USAM(0.1), mode="monte_carlo", n_paths=20_000, solver_check=False, **kw)
+    cols = ["lr", "model", "test_function", "time"]
+    assert mc.mode == "monte_carlo" and (mc.table[cols] == ex.table[cols]).all().all()
+    later = mc.table["time"] > 0
+    z = (mc.table["discrete_mean"] - ex.table["discrete_mean"]) / mc.table["discrete_se"]
+    assert z[later].abs().max() < 4
+    em = _euler_maruyama_means(quad, x0, ex.table, dt_ratio=10)
+    assert ((mc.table["sde_mean"] - em) / mc.table["sde_se"])[later].abs().max() < 4
+    bias = (em - ex.table["sde_mean"]).abs()
+    assert ((mc.table["gap"] - ex.table["gap"]).abs() <= 4 * mc.table["gap_se"] + bias)[later].all()
+    assert (mc.table["gap"].abs() > 3 * mc.table["gap_se"])[later & (mc.table["model"] == "order 0")].mean() > 0.9
+
+
+def _euler_maruyama_means(problem, x0, table: pd.DataFrame, dt_ratio: int) -> pd.Series:
+    """Exact E φ under Euler–Maruyama of each row's OU model at dt = lr / dt_ratio (moment recursions)."""
+    H, x, out = problem.H.numpy(), x0.numpy(), pd.Series(np.nan, index=table.index)
+    for (lr, rho, model), rows in table.groupby(["lr", "rho", "model"]):
+        A, Q = wem._linear_model(problem, rho, 0 if model == "order 0" else 1, "factor")
+        ks = [int(round(t / lr * dt_ratio)) for t in sorted(rows["time"].unique())]
+        dt = lr / dt_ratio
+        ms, Cs = wem._linear_recursion(np.eye(2) - dt * A, dt * lr * Q, x, ks)
+        vals = wem._quad_expectations(["loss", "x_norm_sq"], H, ms, Cs)
+        for tf, g in rows.groupby("test_function"):
+            out[g.index] = vals[tf]
+    return out
+
+
+def test_floor_refusal_says_how_many_paths(quad, x0):
+    study = weak_error(quad, ss.USAM(0.1, rho=0.1), lrs=[0.1, 0.05, 0.025], horizon=0.3, x0=x0, n_paths=100,
+                       mode="monte_carlo", test_functions=["loss"], solver_check=False)
+    with pytest.raises(MonteCarloFloorError, match=r"below 3 standard errors .* about [\d,]+ paths") as info:
+        study.order("loss")
+    pts = info.value.points
+    bad = pts[pts["under_floor"]]
+    assert len(bad) >= 1 and (bad["abs_gap"] < 3 * bad["gap_se"]).all()
+    expected = math.ceil(100 * ((3 * bad["gap_se"] / bad["abs_gap"]) ** 2).max())
+    assert info.value.paths_needed == expected > 100
+    assert f"{expected:,}" in str(info.value)
+    assert "no slope" in study.summary() or "refusing" in study.summary()
+
+
+def test_seeds_follow_the_lr_value_not_its_position(quad, x0):
+    kw = dict(horizon=0.2, x0=x0, n_paths=1024, mode="monte_carlo", test_functions=["loss"], solver_check=False)
+    both = weak_error(quad, ss.USAM(0.1, rho=0.1), lrs=[0.1, 0.05], **kw).table
+    one = weak_error(quad, ss.USAM(0.1, rho=0.1), lrs=[0.05], **kw).table
+    pd.testing.assert_frame_equal(both[both["lr"] == 0.05].reset_index(drop=True), one)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_study_resumes_to_the_same_table(quad, x0, tmp_path, monkeypatch):
+    kw = dict(lrs=[0.1, 0.05], horizon=0.2, x0=x0, n_paths=1024, mode="monte_carlo", sde_order=[0, 1],
+              test_functions=["loss", "grad_norm_plus_x_norm"], rho=0.1)
+    reference = weak_error(quad, ss.USAM(0.1), **kw)
+    calls, real = [], wem._mc_cell
+
+    def flaky(*args, **kwargs):
+        if len(calls) == 4:
+            raise _Interrupt
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wem, "_mc_cell", flaky)
+    with pytest.raises(_Interrupt):
+        weak_error(quad, ss.USAM(0.1), results_dir=tmp_path, **kw)
+    assert len(list((tmp_path / "cells").glob("*.csv"))) == 4 and not list((tmp_path / "cells").glob("*.tmp"))
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wem, "_mc_cell", counting)
+    calls.clear()
+    resumed = weak_error(quad, ss.USAM(0.1), results_dir=tmp_path, **kw)
+    assert len(calls) == 10 - 4  # 2 lrs x (discrete + 2 models + 2 solver checks), 4 were saved
+    assert (resumed.cells["source"] == "loaded").sum() == 4
+    pd.testing.assert_frame_equal(resumed.table, reference.table, check_exact=True)
+    pd.testing.assert_frame_equal(resumed.solver_error, reference.solver_error, check_exact=True)
+
+    # A lost cell is recomputed alone; the saved study reloads as it was.
+    next((tmp_path / "cells").glob("order1_lr=0.05_*.csv")).unlink()
+    calls.clear()
+    again = weak_error(quad, ss.USAM(0.1), results_dir=tmp_path, **kw)
+    assert calls == ["order 1"]
+    pd.testing.assert_frame_equal(again.table, reference.table, check_exact=True)
+    loaded = WeakErrorStudy.load(tmp_path)
+    pd.testing.assert_frame_equal(loaded.table, reference.table, check_exact=True)
+    assert loaded.order("loss", "order 1").slope == pytest.approx(reference.order("loss", "order 1").slope)
+
+
+def test_results_dir_refuses_a_different_study(quad, x0, tmp_path):
+    kw = dict(lrs=[0.1], horizon=0.2, x0=x0, mode="monte_carlo", test_functions=["loss"], solver_check=False)
+    weak_error(quad, ss.USAM(0.1, rho=0.1), n_paths=1024, results_dir=tmp_path, **kw)
+    with pytest.raises(ValueError, match=r"different configuration \(differs in \['n_paths'\]\)"):
+        weak_error(quad, ss.USAM(0.1, rho=0.1), n_paths=2048, results_dir=tmp_path, **kw)
+    other = ss.Quadratic(torch.diag(torch.tensor([1.0, 3.0], dtype=F64)), noise_cov=1.0)
+    with pytest.raises(ValueError, match="differs in \\['problem'\\]"):
+        weak_error(other, ss.USAM(0.1, rho=0.1), n_paths=1024, results_dir=tmp_path, **kw)
+
+
+# -- the result object --------------------------------------------------------------------------------------
+def test_table_columns_relative_and_plot(quad, x0, tmp_path):
+    study = exact_study(quad, x0, lrs=[0.1, 0.05, 0.025], horizon=0.5, sde_order=[0, 1])
+    assert list(study.table.columns) == ["lr", "rho", "model", "test_function", "time", "discrete_mean",
+                                         "discrete_se", "sde_mean", "sde_se", "gap", "gap_se"]
+    np.testing.assert_allclose(study.table["gap"], study.table["discrete_mean"] - study.table["sde_mean"])
+    rel = study.relative("loss")
+    assert list(rel.columns) == ["lr", "rho", "model", "relative_error"] and len(rel) == 6
+    t = study.table[(study.table["lr"] == 0.05) & (study.table["model"] == "order 1")
+                    & (study.table["test_function"] == "loss")]
+    expected = t["gap"].abs().max() / t["discrete_mean"].abs().mean()
+    got = rel[(rel["lr"] == 0.05) & (rel["model"] == "order 1")]["relative_error"].item()
+    assert got == pytest.approx(expected)
+    fig = study.plot()
+    assert len(fig.axes) == 2
+    fig.savefig(tmp_path / "weak_error.png")
+    assert (tmp_path / "weak_error.png").stat().st_size > 10_000
+    assert "order 1" in study.summary() and "slope" in study.summary()
+
+
+def test_order_arguments(quad, x0):
+    study = exact_study(quad, x0, lrs=[0.1, 0.05, 0.025], horizon=0.5, sde_order=[0, 1])
+    with pytest.raises(ValueError, match="`model` must be given"):
+        study.order("loss")
+    with pytest.raises(ValueError, match="`model` must be one of"):
+        study.order("loss", "order 2")
+    with pytest.raises(ValueError, match="`test_fn` must be one of"):
+        study.order("grad_norm", "order 1")
+    with pytest.raises(ValueError, match="at least 2 learning rates"):
+        study.order("loss", "order 1", lrs=[0.1])
+    two = study.order("loss", "order 1", lrs=[0.1, 0.05])
+    assert two.dof == 0 and two.ci_low == two.ci_high == two.slope
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sde_order=3), "`sde_order` must be one of"),
+    (dict(sde_order=[1, 1]), "`sde_order` must be one of"),
+    (dict(mode="fast"), "`mode` must be"),
+    (dict(lrs=[]), "`lrs` must be a non-empty"),
+    (dict(lrs=[0.1, -0.1]), "`lrs` must be a finite number > 0"),
+    (dict(horizon=0.01), "`horizon` must be >= the largest lr"),
+    (dict(rho=-1.0), "`rho` must be a finite number >= 0"),
+    (dict(test_functions=["bogus"]), "`test_functions` entries must be"),
+    (dict(x0=torch.zeros(3, 2, dtype=F64)), r"`x0` must have shape \(d,\)"),
+    (dict(x0=torch.zeros(2)), "dtype"),
+    (dict(n_paths=1), "`n_paths` must be an integer >= 2"),
+    (dict(diffusion="sqrt"), "`diffusion` must be"),
+])
+def test_validation(quad, kwargs, match):
+    args = dict(lrs=[0.1, 0.05], horizon=0.5, x0=torch.zeros(2, dtype=F64), test_functions=["loss"]) | kwargs
+    with pytest.raises(ValueError, match=match):
+        weak_error(quad, ss.USAM(0.1, rho=0.1), **args)
+
+
+def test_exact_mode_needs_a_linear_gaussian_case(quad, x0):
+    with pytest.raises(ValueError, match="linear-Gaussian case, but the method is SAM"):
+        weak_error(quad, ss.SAM(0.1, rho=0.1), lrs=[0.1], horizon=0.5, x0=x0, mode="exact")
+    with pytest.raises(TypeError, match="`problem` must be"):
+        weak_error("quad", ss.SAM(0.1, rho=0.1), lrs=[0.1], horizon=0.5, x0=x0)
+
+
+def test_dt_ratio_below_two_warns(quad, x0):
+    with pytest.warns(UserWarning, match="dt_ratio=1: with dt >= lr"):
+        exact_study(quad, x0, lrs=[0.1], horizon=0.5, dt_ratio=1)
+
+
+# -- a non-quadratic finite sum (slow) ----------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [ss.USAM(0.1), ss.SAM(0.1)], ids=["USAM", "SAM"])
+def test_teacher_student_first_order_models_have_order_one(method):
+    """Mini-batch noise (B = 1) on a two-layer tanh network, ρ = 0.3·√η (the first-order SDEs' scaling,
+    Compagnoni et al.), the paper's test function ‖∇f‖ + ‖x‖: the order-1 model's weak error has slope 1."""
+    prob = ss.problems.teacher_student(n=8, d_in=2, width=2, seed=1)
+    study = weak_error(prob, method, lrs=[0.1, 0.05, 0.025], horizon=0.3, x0=prob.x_init, n_paths=16_384,
+                       rho=lambda lr: 0.3 * lr**0.5, sde_order=1, dt_ratio=4, solver_check=False,
+                       test_functions=["grad_norm_plus_x_norm"], seed=0)
+    fit = study.order("grad_norm_plus_x_norm")  # raises if a point is under the Monte-Carlo floor
+    assert fit.ci_low <= 1.0 <= fit.ci_high, (fit, fit.points)
+    assert abs(fit.slope - 1) < 0.25, fit

@@ -2,8 +2,8 @@
 against them within 4 SE, the Monte-Carlo floor, resuming, and a non-quadratic finite sum (slow)."""
 from __future__ import annotations
 
+import importlib
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -12,8 +12,9 @@ import torch
 from scipy.linalg import expm
 
 import sde_sam as ss
-from sde_sam import weak_error as wem
-from sde_sam.weak_error import MonteCarloFloorError, WeakErrorStudy, weak_error
+# The module itself (``sde_sam.weak_error`` as a package attribute may be the function once exported).
+wem = importlib.import_module("sde_sam.weak_error")
+MonteCarloFloorError, WeakErrorStudy, weak_error = wem.MonteCarloFloorError, wem.WeakErrorStudy, wem.weak_error
 
 F64 = torch.float64
 

@@ -10,6 +10,7 @@ from .results import Trajectory
 from .sde import SDEModel, sde_model
 from .solvers import simulate
 from .spectrum import alignment, top_eigenpair
+from .weak_error import MonteCarloFloorError, OrderFit, WeakErrorStudy, weak_error
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,5 @@ __all__ = [
     "Problem", "Objective", "Quadratic", "FiniteSum", "saddle",
     "Method", "SGD", "USAM", "SAM", "DNSAM", "UnifiedSAM", "EigenSAM",
     "run", "Trajectory", "sde_model", "SDEModel", "simulate", "top_eigenpair", "alignment",
+    "weak_error", "WeakErrorStudy", "OrderFit", "MonteCarloFloorError",
 ]

@@ -45,6 +45,7 @@ class Config:
     steps: int = 5000
     record_every: int = 10      # lambda_max (20 Lanczos HVPs) at every record
     late_fraction: float = 0.4  # the done-when statistic averages the last 40% of the run
+    methods: tuple = ("GD", "USAM", "SAM")
     seed: int = 0
 
     @classmethod
@@ -76,7 +77,8 @@ def problem(cfg: Config) -> tuple[ss.Objective, torch.Tensor]:
 
 
 def methods(cfg: Config) -> dict[str, ss.Method]:
-    return {"GD": ss.SGD(cfg.lr), "USAM": ss.USAM(cfg.lr, rho=cfg.rho_usam), "SAM": ss.SAM(cfg.lr, rho=cfg.rho_sam)}
+    every = {"GD": ss.SGD(cfg.lr), "USAM": ss.USAM(cfg.lr, rho=cfg.rho_usam), "SAM": ss.SAM(cfg.lr, rho=cfg.rho_sam)}
+    return {name: every[name] for name in cfg.methods}
 
 
 def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:

@@ -55,7 +55,7 @@ class Config:
     # escape grid (non-convex model)
     grid_rhos: tuple = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
     grid_lrs: tuple = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
-    grid_sde_lrs: tuple = (0.05, 0.1, 0.2, 0.4)
+    grid_sde_lrs: tuple = (0.05, 0.2)
     grid_horizon: float = 20.0
     grid_paths: int = 1000
     grid_sde_paths: int = 500

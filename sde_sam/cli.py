@@ -127,7 +127,13 @@ def _run_weak_error(args) -> int:
 
 
 # -- the command --------------------------------------------------------------------------------------------
-COMMANDS: list[Callable] = [_add_weak_error]
+def _add_reproduce(sub) -> None:
+    from . import reproduce  # the experiment scripts live in the checkout (experiments/, paper_figs/)
+
+    reproduce.add_parser(sub).set_defaults(handler=reproduce.run)
+
+
+COMMANDS: list[Callable] = [_add_weak_error, _add_reproduce]
 """Subcommand registrars ``add(subparsers)``; each sets ``handler`` on its parser."""
 
 

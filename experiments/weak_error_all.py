@@ -68,6 +68,24 @@ def make_method(name: str, cfg: Config) -> ss.Method:
             "EigenSAM": lambda: ss.EigenSAM(lr, rho=rho, alpha=cfg.eigen_alpha)}[name]()
 
 
+def _refit(study, tf: str, model: str, err: ValueError, label: dict) -> dict:
+    """A refused fit: refit on the learning rates above the Monte-Carlo floor if two or more remain (and say
+    so in ``fit``/``note``), else record the refusal."""
+    row = {**label, "model": model, "test_function": tf}
+    points = getattr(err, "points", None)
+    if points is not None:
+        keep = points.loc[~points["under_floor"], "lr"].tolist()
+        dropped = points.loc[points["under_floor"], "lr"].tolist()
+        if len(keep) >= 2:
+            fit = study.order(tf, model, lrs=keep)
+            return {**row, "slope": fit.slope, "intercept": fit.intercept, "ci_low": fit.ci_low, "ci_high": fit.ci_high, "slope_se": fit.slope_se,
+                    "fit": "wls, floor points dropped", "n_lrs": len(fit.points),
+                    "note": f"lr={dropped} below the Monte-Carlo floor, left out of the fit. {err}"}
+    nan = float("nan")
+    return {**row, "slope": nan, "intercept": nan, "ci_low": nan, "ci_high": nan, "slope_se": nan, "fit": "refused",
+            "n_lrs": 0, "note": str(err)}
+
+
 def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
     _common.setup_torch()
     weak_error = importlib.import_module("sde_sam.weak_error").weak_error
@@ -100,12 +118,11 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
                     try:
                         fit = study.order(tf, model)
                         fits.append({**label, "model": model, "test_function": tf, "slope": fit.slope,
+                                     "intercept": fit.intercept,
                                      "ci_low": fit.ci_low, "ci_high": fit.ci_high, "slope_se": fit.slope_se,
                                      "fit": fit.fit, "n_lrs": len(fit.points), "note": fit.note})
                     except ValueError as err:  # refused: Monte-Carlo floor (or a degenerate gap)
-                        fits.append({**label, "model": model, "test_function": tf, "slope": float("nan"),
-                                     "ci_low": float("nan"), "ci_high": float("nan"), "slope_se": float("nan"),
-                                     "fit": "refused", "n_lrs": len(cfg.lrs), "note": str(err)})
+                        fits.append(_refit(study, tf, model, err, label))
             print(f"[{STUDY}] {name} ({study.mode}): " + "; ".join(
                 f"{f['model']} {f['test_function']} slope {f['slope']:.2f}" for f in fits if f["method"] == name))
     frames = {"table": pd.concat(tables, ignore_index=True), "max_gaps": pd.concat(gaps, ignore_index=True),

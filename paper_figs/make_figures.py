@@ -72,7 +72,7 @@ def fig_saddle_escape(results: Path, figs: Path) -> list[Path]:
     esc = _read(results, "saddle_attraction", "escape")
     kinds = [k for k in ("discrete", "sde") if k in set(esc["kind"])]
     methods = list(dict.fromkeys(esc["method"]))
-    fig, axes = pl.figure(len(kinds), len(methods), width=2.7, height=2.3, sharex=True)
+    fig, axes = pl.figure(len(kinds), len(methods), width=3.0, height=2.3, sharex=True)
     axes = np.asarray(axes).reshape(len(kinds), len(methods))
     g_x0, g_noise = float(esc["grad_norm_x0"].iloc[0]), float(esc["grad_norm_noise"].iloc[0])
     outline = [patheffects.withStroke(linewidth=1.2, foreground="black")]
@@ -84,7 +84,8 @@ def fig_saddle_escape(results: Path, figs: Path) -> list[Path]:
             grid = sub.pivot_table(index="lr", columns="rho", values="p_escape", dropna=False)
             mesh = ax.pcolormesh(pl.log_edges(grid.columns), pl.log_edges(grid.index), grid.to_numpy(),
                                  cmap="viridis", vmin=0, vmax=1, shading="flat")
-            for (lr, rho), p in sub.set_index(["lr", "rho"])["p_escape"].items():
+            annotate_cells = grid.shape[1] <= 6  # numbers only where they fit
+            for (lr, rho), p in (sub.set_index(["lr", "rho"])["p_escape"].items() if annotate_cells else ()):
                 ax.text(rho, lr, f"{p:.2f}" if np.isfinite(p) else "div", ha="center", va="center", fontsize=5.5,
                         color="white", path_effects=outline)
             if method == "USAM":
@@ -106,7 +107,7 @@ def fig_saddle_escape(results: Path, figs: Path) -> list[Path]:
     pl.figure_legend(fig, axes, ncol=2)
     pl.caption(fig, f"Escape from the saddle of the non-convex model $f=\\frac{{1}}{{2}}(x_1^2-x_2^2)+x_2^4/(4s^2)$, "
                f"$s={cfg['well']:g}$ (noise $\\sigma^2={cfg['noise_cov']:g}$, $x_0={tuple(cfg['x0'])}$, horizon "
-               f"$T={cfg['grid_horizon']:g}$; numbers: fraction of runs with $|x_2(T)|>s/2$). Lines: the theory's "
+               f"$T={cfg['grid_horizon']:g}$; colour: fraction of runs with $|x_2(T)|>s/2$). Lines: the theory's "
                f"boundaries. USAM is held iff $\\rho|\\lambda|>1$ (the finite horizon moves the measured edge a little "
                f"left); SAM is held once $\\rho|\\lambda|$ exceeds the typical stochastic gradient norm at the saddle "
                f"(orange), far below $\\|Hx_0\\|$; DNSAM is never reliably held: its noise is amplified near the saddle.")
@@ -137,7 +138,8 @@ def fig_edge_of_stability(results: Path, figs: Path) -> list[Path]:
         pl.annotate(ax, f"shaded: last {100 * cfg['late_fraction']:.0f}% of steps\n"
                         f"mean $\\lambda_{{\\max}}$ = {s['lambda_late_mean']:.3f}\n"
                         f"{edge_name} = {s['edge_late_mean']:.3f}\n"
-                        f"difference {s['rel_error_pct']:+.2f}%", loc="lower right")
+                        f"difference {s['rel_error_pct']:+.2f}%",
+                    loc="center right" if method == "SAM" else "lower right")
         ax.set(ylabel=r"sharpness $\lambda_{\max}$", title=f"{method} ($\\eta={cfg['lr']:g}$"
                + (f", $\\rho={s['rho']:g}$)" if method != "GD" else ")"))
         ax.legend(loc="upper left", fontsize=6)
@@ -343,13 +345,19 @@ def fig_weak_error(results: Path, figs: Path, test_function: str = "loss") -> li
         lr = np.geomspace(sub["lr"].min(), sub["lr"].max(), 20)
         for model, d in sub.groupby("model", sort=False):
             col = model_colors.get(model, "0.3")
-            ax.errorbar(d["lr"], d["abs_gap"], yerr=1.96 * d["gap_se"], fmt="o", color=col, ms=4, capsize=2)
+            floor = d["under_floor"].astype(bool) & (mode != "exact")
+            ax.errorbar(d["lr"], d["abs_gap"], yerr=1.96 * d["gap_se"], fmt="none", ecolor=col, capsize=2)
+            ax.plot(d["lr"][~floor], d["abs_gap"][~floor], "o", color=col, ms=4)
+            ax.plot(d["lr"][floor], d["abs_gap"][floor], "o", mfc="white", mec=col, ms=4,
+                    label="below MC floor (< 3 SE), not fitted" if floor.any() else None)
             f = fits[(fits["method"] == method) & (fits["model"] == model) & (fits["test_function"] == test_function)]
             if len(f) and np.isfinite(f["slope"].iloc[0]):
                 f = f.iloc[0]
-                # the fitted line through the points' geometric centre
-                x0, y0 = np.exp(np.log(d["lr"]).mean()), np.exp(np.log(d["abs_gap"]).mean())
-                ci = f"[{f['ci_low']:.2f}, {f['ci_high']:.2f}]" if f["n_lrs"] > 2 else "(2 points)"
+                # the fitted line log|gap| = intercept + slope log(lr)
+                x0 = np.exp(np.log(d["lr"]).mean())
+                y0 = np.exp(f["intercept"]) * x0 ** f["slope"]
+                ci = f"[{f['ci_low']:.2f}, {f['ci_high']:.2f}]" if f["n_lrs"] > 2 else "(2 points, no CI)"
+                d = d[~floor]
                 pl.slope_guide(ax, lr, (x0, y0), f["slope"], color=col, label=f"{model}: slope {f['slope']:.2f} {ci}")
             else:
                 ax.plot([], [], color=col, label=f"{model}: slope refused (MC floor)")

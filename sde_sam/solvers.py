@@ -31,7 +31,7 @@ class EulerMaruyama:
 
     @staticmethod
     def step(sde: SDEModel, dt: float):
-        """A step function ``(x, rand, v, k) -> (x_next, v, no_guard)`` for :func:`sde_sam._engine.drive`."""
+        """A step ``(x, rand, v, k) -> (x_next, v, None)`` for :func:`sde_sam._engine.drive` (no norm guard)."""
         sqrt_dt = math.sqrt(dt)
         if sde.linear is not None:
             A, F = sde.linear
@@ -40,20 +40,16 @@ class EulerMaruyama:
 
             def linear_step(x: Tensor, rand, v, k: int):
                 # x (I - dt A^T) + sqrt(dt) zeta F^T, fused into one GEMM plus one GEMM-accumulate.
-                return torch.addmm(rand[1] @ Fs, x, M), v, _no_guard(x)
+                return torch.addmm(rand[1] @ Fs, x, M), v, None
 
             return linear_step
 
         def step(x: Tensor, rand, v, k: int):
             drift, noise = sde.terms(x, rand, v)
             x_next = x + dt * drift + sqrt_dt * noise
-            return x_next, sde.update_state(x_next, v), _no_guard(x)
+            return x_next, sde.update_state(x_next, v), None
 
         return step
-
-
-def _no_guard(x: Tensor) -> Tensor:
-    return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
 
 def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | None = None,

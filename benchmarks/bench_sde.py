@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # benchmark the checkout this script lives in, whatever is installed
+# Benchmark the checkout this script lives in, whatever is installed (SDE_SAM_SRC: another source tree, used
+# by the `engine` section to time the code before the performance changes).
+sys.path.insert(0, os.environ.get("SDE_SAM_SRC", str(HERE.parent)))
 
 import torch  # noqa: E402
 import torchsde  # noqa: E402
@@ -389,6 +391,61 @@ def section_mlp(quick: bool) -> dict:
     return out
 
 
+BASELINE_REV = "3be596f^"  # the engine and solver before the performance changes of commit 3be596f
+ENGINE_CELLS = [(2, 100_000, 64), (20, 10_000, 256), (20, 100_000, 64), (200, 10_000, 40)]
+
+
+def engine_child() -> dict:
+    """Per-step times of ss.simulate and of a discrete ss.run with whatever sde_sam this process imported."""
+    out = {"sde_sam": str(Path(ss.__file__).parent)}
+    for d, n, steps in ENGINE_CELLS:
+        sde = usam_sde(d)
+        fns = {f"simulate d={d} n={n}": lambda: native_run(sde, n, steps)}
+        if (d, n) == (20, 10_000):
+            fns[f"run USAM d={d} n={n}"] = lambda: ss.run(sde.problem, ss.USAM(LR, RHO), torch.ones(d), steps=steps,
+                                                           n_paths=n, record_every=steps)
+            fns[f"simulate d={d} n={n} record every step"] = lambda: ss.simulate(
+                sde, torch.ones(d), t1=steps * DT, dt=DT, n_paths=n, seed=0, record_every=1)
+        for k, (best, *_rest) in compare(fns, min_rep=3, max_rep=3, budget=0).items():
+            out[k] = 1e3 * best / steps
+    return out
+
+
+def section_engine(quick: bool) -> dict:
+    """ss.simulate and ss.run before (BASELINE_REV) and after the engine/solver changes, alternating
+    subprocesses (two rounds, best of each), same machine, same run."""
+    import shutil
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="sde_sam_baseline_"))
+    try:
+        arch = subprocess.run(["git", "-C", str(HERE.parent), "archive", BASELINE_REV, "sde_sam"], capture_output=True,
+                              check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=arch, check=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        log(f"  engine: cannot check out {BASELINE_REV} ({err}); skipped")
+        return {}
+    best: dict = {"before": {}, "after": {}}
+    try:
+        for _ in range(1 if quick else 2):
+            for label, src in (("before", str(tmp)), ("after", str(HERE.parent))):
+                env = {**os.environ, "SDE_SAM_SRC": src}
+                res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--engine-child"], env=env,
+                                     capture_output=True, text=True, timeout=600)
+                if res.returncode != 0:
+                    log(f"  engine {label}: failed: {res.stderr[-500:]}")
+                    return {}
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                for k, v in row.items():
+                    if k != "sde_sam":
+                        best[label][k] = min(v, best[label].get(k, math.inf))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for k in best["after"]:
+        log(f"  engine {k:42s} before {best['before'][k]:8.3f}  after {best['after'][k]:8.3f} ms/step"
+            f"  ({best['before'][k] / best['after'][k]:.2f}x)")
+    return {"baseline": BASELINE_REV, **best}
+
+
 MEMORY_CASES = [
     {"impl": "ss.simulate", "d": 20, "n": 100_000},
     {"impl": "ss.simulate", "d": 200, "n": 100_000},
@@ -426,10 +483,36 @@ def memory_child(case: dict, fastest: dict) -> dict:
         if impl == "torchsde default":
             steps = 4
     fn(small, steps)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _reset_peak()
     fn(n, steps)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_kb()
     return {**case, "steps": steps, "peak_delta_mb": (peak - base) / 1024, "peak_mb": peak / 1024}
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _peak_kb() -> int:
+    """Peak RSS of this process in KiB: VmHWM, i.e. getrusage's ru_maxrss for a fresh process (ru_maxrss
+    itself is inherited across fork + exec on Linux, so a child of a large parent would report the parent's)."""
+    hwm = _status_kb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _reset_peak() -> int:
+    """Reset the peak to the current RSS where Linux allows it (clear_refs 5); return the new baseline."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kb("VmRSS") or _peak_kb()
+    except OSError:
+        return _peak_kb()
 
 
 def estimate_mb(case: dict, fastest: dict, steps: int) -> float | None:
@@ -470,6 +553,9 @@ def section_memory(quick: bool, fastest: dict) -> list[dict]:
     return rows
 
 
+SECTIONS = ("sweep", "grid", "scaling", "dtype", "mlp", "engine", "memory")
+
+
 def machine() -> dict:
     model = "unknown"
     try:
@@ -497,13 +583,16 @@ def machine() -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer cells, steps and repeats")
-    parser.add_argument("--sections", default="sweep,grid,scaling,dtype,mlp,memory",
-                        help="comma-separated subset of sweep,grid,scaling,dtype,mlp,memory")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "sde.json")
     parser.add_argument("--no-readme", action="store_true", help="do not regenerate README.md and the figure")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--engine-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
+    if args.engine_child:
+        print(json.dumps(engine_child()))
+        return {}
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(memory_child(spec["case"], spec["fastest"])))
@@ -516,7 +605,7 @@ def main(argv=None) -> dict:
     if args.out.exists():  # keep sections not rerun
         old = json.loads(args.out.read_text())
         if old.get("quick") == args.quick:
-            result.update({k: v for k, v in old.items() if k in ("sweep", "grid", "scaling", "dtype", "mlp", "memory")})
+            result.update({k: v for k, v in old.items() if k in SECTIONS})
     t0 = time.perf_counter()
     fastest = result.get("sweep", {}).get("fastest", {"cls": "additive", "bm": "interval_dt"})
     for name in sections:
@@ -535,6 +624,8 @@ def main(argv=None) -> dict:
             result["mlp"] = section_mlp(args.quick)
         elif name == "memory":
             result["memory"] = section_memory(args.quick, fastest)
+        elif name == "engine":
+            result["engine"] = section_engine(args.quick)
         else:
             raise SystemExit(f"unknown section {name!r}")
         log(f"  ({time.perf_counter() - t:.0f} s)")

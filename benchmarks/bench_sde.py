@@ -255,7 +255,7 @@ def section_sweep(quick: bool) -> dict:
     mu, C = exact_em_moments(sde, steps)
     fns = {(cls, bm): (lambda cls=cls, bm=bm: torchsde_run(sde, n, steps, cls=cls, bm=bm)) for cls, bm in SWEEP}
     fns[("ss.simulate", "-")] = lambda: native_run(sde, n, steps)
-    res = compare(fns, min_rep=2, max_rep=3 if quick else 5, budget=5.0 if quick else 15.0)
+    res = compare(fns, min_rep=2, max_rep=3 if quick else 5, budget=4.0 if quick else 8.0)
     rows = []
     for (cls, bm), (best, med, rep, x) in res.items():
         chk = moment_check(x, sde, mu, C)
@@ -264,7 +264,18 @@ def section_sweep(quick: bool) -> dict:
         log(f"  sweep  {cls:11s} {bm:20s} {1e3 * best / steps:9.3f} ms/step  max|z|={chk['max_abs_z']:.2f}")
     provided = [r for r in rows if r["cls"] == "additive" and r["bm"] != "step"]
     fastest = min(provided, key=lambda r: r["ms_per_step"])
-    return {"rows": rows, "fastest": {"cls": fastest["cls"], "bm": fastest["bm"]}}
+    # Run length: torchsde's default BrownianInterval (no dt hint) costs more per step in longer runs, while
+    # ss.simulate amortises its start (thread pool, first noise buffer) over more steps.
+    lengths = []
+    for s in ((64, 256) if quick else (64, 256, 1024)):
+        res = compare({"ss.simulate": lambda s=s: native_run(sde, n, s),
+                       "torchsde default": lambda s=s: torchsde_run(sde, n, s, cls="general", bm="interval"),
+                       "torchsde fastest": lambda s=s: torchsde_run(sde, n, s, cls=fastest["cls"], bm=fastest["bm"])},
+                      min_rep=1 if s > 256 else 3, max_rep=1 if s > 256 else 3, budget=0)
+        row = {"steps": s, **{k: 1e3 * v[0] / s for k, v in res.items()}}
+        lengths.append(row)
+        log(f"  sweep  run length {s:5d} steps: " + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "steps"))
+    return {"rows": rows, "fastest": {"cls": fastest["cls"], "bm": fastest["bm"]}, "run_length": lengths}
 
 
 def section_grid(quick: bool, fastest: dict) -> list[dict]:
@@ -298,7 +309,8 @@ def section_grid(quick: bool, fastest: dict) -> list[dict]:
                     moments[s] = exact_em_moments(sde, s)
                 chk = moment_check(x, sde, *moments[s])
                 rows.append({"impl": name, "d": d, "n": n, "steps": s, "ms_per_step": 1e3 * best / s,
-                             "ms_per_step_median": 1e3 * med / s, "repeats": rep, "check": chk})
+                             "ms_per_step_median": 1e3 * med / s, "repeats": rep, "check": chk,
+                             **({"config": fastest} if name == "torchsde fastest" else {})})
                 log(f"  grid d={d:3d} n={n:6d} {name:20s} {1e3 * best / s:10.3f} ms/step ({s} steps, x{rep})"
                     f"  max|z|={chk['max_abs_z']:.2f}")
     return rows
@@ -311,9 +323,22 @@ def section_scaling(quick: bool) -> list[dict]:
         sde = usam_sde(d)
         b = block_steps(d)
         steps = max(b, (64 if d >= 100 else 256) // (2 if quick else 1) // b * b)
+        A, F = sde.linear
+        M, Fs = torch.eye(d) - DT * A.T, math.sqrt(DT) * F.T
+        gen, xi, x = torch.Generator().manual_seed(0), torch.randn(n, d), torch.ones(n, d)
+
+        def randn_only():
+            for _ in range(steps):
+                torch.randn(n, d, generator=gen)
+
+        def gemms_only():
+            for _ in range(steps):
+                torch.addmm(xi @ Fs, x, M)
+
         res = compare({"ss.simulate": lambda: native_run(sde, n, steps),
                        "ss.simulate two_point": lambda: native_run(sde, n, steps, increments="two_point"),
-                       "bound": lambda: bound_run(sde, n, steps)},
+                       "bound": lambda: bound_run(sde, n, steps),
+                       "bound: randn only": randn_only, "bound: GEMMs only": gemms_only},
                       min_rep=2, max_rep=5, budget=1.0 if quick else 2.0)
         for name, (best, med, rep, _) in res.items():
             rows.append({"impl": name, "d": d, "n": n, "steps": steps, "ms_per_step": 1e3 * best / steps,
@@ -525,7 +550,8 @@ def estimate_mb(case: dict, fastest: dict, steps: int) -> float | None:
         return None
     if impl.startswith("ss.simulate"):
         rows = min(n, 16384) if "chunk" in impl else n
-        return mb(block_steps(d) * rows * d + 4 * rows * d + (n * d if "chunk" in impl else 0))
+        # noise buffer + one stream block per worker + x0 expanded, its chunk copy, x_final + step temporaries
+        return mb(block_steps(d) * (rows + 2 * 1024) * d + 3 * n * d + 2 * rows * d)
     if impl == "bound":
         return mb(4 * n * d)
     bm = fastest["bm"] if impl == "torchsde fastest" else "interval"

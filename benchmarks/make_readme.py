@@ -115,9 +115,20 @@ def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = H
                          fmt(r["ms_per_step"] / native["ms_per_step"]),
                          f"{r['check']['max_abs_z']:.2f} {'ok' if r['check']['ok'] else 'FAIL'}"])
         L.append(table(["SDE class", "Brownian motion", "ms / step", "x ss.simulate", "max abs z"], rows))
+        if sw.get("run_length"):
+            L.append("\nPer-step cost vs run length (same cell, ms per step):\n")
+            rl = sw["run_length"]
+            L.append(table(["steps", "ss.simulate", "torchsde default", "torchsde fastest", "default / ss.simulate"],
+                           [[r["steps"], fmt(r["ss.simulate"]), fmt(r["torchsde default"]), fmt(r["torchsde fastest"]),
+                             f"{r['torchsde default'] / r['ss.simulate']:.1f}x"] for r in rl]))
+            L.append("\ntorchsde's default `BrownianInterval` (no `dt` hint) costs more per step in longer runs; "
+                     "ss.simulate amortises its start-up (worker threads, the first noise buffer) over more steps. "
+                     "Weak-error studies run hundreds to thousands of steps (t1 = 2 at dt = lr/10 = 0.005 is 400).")
         f = sw["fastest"]
-        L.append(f"\nFastest torchsde-provided configuration: {CLS_NAMES[f['cls']]} with {BM_NAMES[f['bm']]}; it is "
-                 "\"torchsde fastest\" below. \"torchsde + step BM\" replaces the Brownian motion by a minimal "
+        used = next((r["config"] for r in res.get("grid", []) if r.get("config")), f)
+        L.append(f"\nFastest torchsde-provided configuration here: {CLS_NAMES[f['cls']]} with {BM_NAMES[f['bm']]} "
+                 f"(the `BrownianInterval` variants are within noise of one another); \"torchsde fastest\" "
+                 f"below is {CLS_NAMES[used['cls']]} with {BM_NAMES[used['bm']]}. \"torchsde + step BM\" replaces the Brownian motion by a minimal "
                  "object drawing `sqrt(dt) N(0, I)` per query (valid only for fixed-step solvers that query each "
                  "interval once): what torchsde's solver loop costs without its Brownian-motion machinery.\n")
 
@@ -145,9 +156,8 @@ def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = H
                       and s < steps[(d, n, "ss.simulate")]})
         if few:
             L.append("\nSteps timed: " + ", ".join(f"d={d}/n={n}: {steps[(d, n, 'ss.simulate')]}" for d, n in
-                                                    sorted(cells)) + ". torchsde default, whose per-step cost does "
-                     "not depend on the run length, was timed over fewer steps where one run would exceed a few "
-                     "seconds: " + ", ".join(f"d={d}/n={n}: {s}" for d, n, s in few) + ".")
+                                                    sorted(cells)) + ". torchsde default was timed over fewer steps where one run would exceed a few seconds (its "
+                     "per-step cost grows with the run length, so this favours torchsde): " + ", ".join(f"d={d}/n={n}: {s}" for d, n, s in few) + ".")
         L.append("\n![ss.simulate vs torchsde](sde_vs_torchsde.png)\n")
 
         # targets
@@ -171,7 +181,21 @@ def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = H
                 rb = cells[(200, n)]["ss.simulate"]["ms_per_step"] / cells[(200, n)]["bound"]["ms_per_step"]
                 trows.append([f"(d=200, {n:.0e} paths: ratio to bound)".replace("+0", ""), f"{rb:.2f}x", "met" if rb <= 1.3 else "not met"])
         L.append(table(["target", "measured", ""], trows))
-        L.append("")
+        note = ("\n\"torchsde fastest\" is the fastest configuration built from torchsde's own Brownian motions "
+                "(configuration table); the minimal step BM is our own object, listed to show torchsde's solver "
+                "loop with its Brownian-motion cost removed: against it ss.simulate wins only what parallel random "
+                "numbers and the fused step save. The 10x target against torchsde's default depends on the run "
+                "length (table \"per-step cost vs run length\")")
+        rl = {r["steps"]: r for r in res.get("sweep", {}).get("run_length", [])}
+        if rl:
+            note += ": " + ", ".join(f"{r['torchsde default'] / r['ss.simulate']:.1f}x over {s} steps"
+                                     for s, r in sorted(rl.items()))
+        note += (". At d = 20 and a fixed run length, ss.simulate's step is close to its floor on 2 cores: "
+                 "it is dominated by Gaussian generation (see \"What makes ss.simulate fast\") and already runs "
+                 "at about half the single-core CPU time of its random numbers plus GEMMs; only a faster "
+                 "generator would lower it further. On a GPU the ratio is set by torchsde's per-step Python and "
+                 "Brownian-tree overhead instead.\n")
+        L.append(note)
 
     if "scaling" in res:
         L.append("## Scaling\n")
@@ -193,9 +217,17 @@ def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = H
         rows = []
         for d, v in sorted(by_d.items()):
             rows.append([d, fmt(v["ss.simulate"]), fmt(v["ss.simulate two_point"]), fmt(v["bound"]),
-                         fmt(v["ss.simulate"] / v["bound"]), fmt(1e4 / v["ss.simulate"] / 1e3)])
-        L.append(table(["d", "ss.simulate ms", "two_point ms", "bound ms", "sim / bound", "M path-steps/s"], rows))
-        L.append("")
+                         fmt(v.get("bound: randn only")), fmt(v.get("bound: GEMMs only")),
+                         fmt(v["ss.simulate"] / v["bound"]), fmt(sc[0]["n"] / v["ss.simulate"] / 1e3)])
+        L.append(table(["d", "ss.simulate ms", "two_point ms", "bound ms", "of which randn", "of which GEMMs",
+                        "sim / bound", "M path-steps/s"], rows))
+        L.append("\nThe bound's `randn` runs on one core (a CPU generator is serial), its GEMMs on both; "
+                 "ss.simulate generates its 1024-path random streams on both cores, which is why it can beat the "
+                 "bound where random numbers dominate (small d), and sits at the bound where GEMMs do (large d). "
+                 "`two_point` is not cheaper: `torch.randint(0, 2, ...)` costs about as much per number as "
+                 "`torch.randn` (one generator call per increment, int64 output, then a cast); drawing the signs "
+                 "as packed random bits (one int64 per 64 increments) would make it several times cheaper, at the "
+                 "price of different random numbers (the sampler is in `sde.py`).\n")
 
     if "dtype" in res:
         dt = res["dtype"]
@@ -222,7 +254,8 @@ def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = H
         L.append(f"## SAM SDE steps on an MLP (d = {ml['d']:,})\n")
         L.append(f"`ss.problems.mlp(d_in=32, hidden=256, classes=10)`, batch size {ml['batch_size']}, "
                  f"{ml['n_samples']} samples, SAM rho={ml['rho']}, **{ml['n_paths']} paths** (scaled down from "
-                 "the 10^3+ of the quadratic runs: one order-2 step for 64 paths already takes seconds on 2 cores). "
+                 "the 10^3+ of the quadratic runs: an order-2 step for 64 paths takes about a second on 2 cores), "
+                 "each SDE step timed over a short run after a warm-up. "
                  f"One discrete SAM step (`sde_sam.discrete.step`, {ml['n_paths']} paths): "
                  f"**{fmt(ml['discrete_ms_per_step'])} ms**.\n")
         rows = [[r["order"], r["mode"], r["n_draws"], fmt(r["ms_per_step"]), f"**{r['relative_to_discrete']:.0f}x**"]
@@ -231,18 +264,35 @@ def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = H
         L.append("\nThe model step costs what its mathematics asks for: with mini-batches of 8 the expectation over "
                  "draws has no closed form, so each step evaluates K = 32 sampled mini-batch effective gradients "
                  "per path (order 1: gradient + one HVP by `jvp`; order 2: a nested `jvp` for the third-derivative "
-                 "term), against 2 mini-batch gradients for a discrete SAM step. Solver overhead is negligible "
-                 "here; fewer draws (`expectation=K`) trade cost for drift/diffusion noise.\n")
+                 "term), against 2 mini-batch gradients for a discrete SAM step: counting a HVP as about 2 "
+                 "gradients, order 1 is about 32 x 3 / 2 = 48 discrete steps, order 2 (a nested jvp, about 7 "
+                 "gradients per draw) about 110. Solver overhead is negligible here; fewer draws "
+                 "(`sde_model(..., expectation=K)`) trade cost for noise in the drift and diffusion estimates.\n")
+
+    if res.get("engine"):
+        en = res["engine"]
+        L.append("## Before / after the engine changes\n")
+        L.append(f"The same calls with `sde_sam` at `{en['baseline']}` (before the performance changes in "
+                 "`_engine.py`/`solvers.py`) and at this checkout, in alternating subprocesses (best of 2 rounds); "
+                 "random numbers and results are bit-for-bit identical between the two. ms per step:\n")
+        rows = [[k, fmt(en["before"][k]), fmt(en["after"][k]), f"**{en['before'][k] / en['after'][k]:.2f}x**"]
+                for k in en["after"]]
+        L.append(table(["call (float32, record at start and end unless said)", "before", "after", "speed-up"], rows))
+        L.append("")
 
     if "memory" in res:
         L.append("## Peak memory\n")
-        L.append("Increase of the process's peak RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) during one run, "
-                 "each case in a fresh subprocess after a small warm-up run (so library and thread-pool memory is "
-                 "excluded); `estimate` is from tensor sizes: the pre-generated noise block (steps x paths x d "
-                 "float32) plus a few (paths, d) states.\n")
+        L.append("Increase of the peak resident set size during one run, each case in a fresh subprocess, "
+                 "measured from the level after a small warm-up run of the same code (so libraries and thread "
+                 "pools are excluded). The peak is `VmHWM` from `/proc/self/status`, reset after the warm-up "
+                 "(`clear_refs`); that is `getrusage(RUSAGE_SELF).ru_maxrss` of a fresh process, which cannot be "
+                 "used directly because Linux carries `ru_maxrss` over fork + exec from the (large) parent. "
+                 "`estimate` is from tensor sizes (float32): for ss.simulate the pre-generated noise block (block "
+                 "steps x paths x d) plus a few (paths, d) states; for torchsde the Brownian increments its "
+                 "BrownianInterval keeps (all of them without a cache limit, at most 45 by default) plus states.\n")
         rows = [[r["impl"], r["d"], f"{r['n']:,}", r["steps"], fmt(r["peak_delta_mb"]),
                  fmt(r["estimate_mb"]) if r.get("estimate_mb") is not None else "-"] for r in res["memory"]]
-        L.append(table(["run", "d", "paths", "steps", "peak RSS delta MB", "estimate MB"], rows))
+        L.append(table(["run", "d", "paths", "steps", "peak RSS delta MB", "estimate (lower bound) MB"], rows))
         L.append("\nss.simulate pre-generates the noise of up to 64 steps at once (about 4M numbers per 1024-path "
                  "random stream, fixed by the size of one draw so that results never depend on chunking); at "
                  "10^5 paths this block dominates memory. `chunk_size=` bounds it without changing results.\n")
@@ -252,8 +302,10 @@ def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = H
         dres = json.loads(dj.read_text())
         L.append("## Discrete runs: ss.run vs a one-path-at-a-time loop (from bench_discrete.py)\n")
         cfg = dres.get("config", {})
-        L.append(f"Written by `benchmarks/bench_discrete.py` (another benchmark; threads={cfg.get('threads')}, "
-                 f"load average {cfg.get('load_average', ['?'])[0]}); copied here from `results/discrete.json`.\n")
+        la = cfg.get("load_average", [float("nan")])[0]
+        L.append(f"Written by `benchmarks/bench_discrete.py` (`python benchmarks/bench_discrete.py`; its own run, "
+                 f"threads={cfg.get('threads')}, load average {la:.1f}; its file predates the engine changes above, "
+                 "which make `ss.run` about 2x faster), copied here from `results/discrete.json`.\n")
         rows = [[r["problem"], r["d"], r["method"], r["steps"], f"{r['batched_paths']:,}",
                  f"{r['batched_path_steps_per_s']:.3g}", r["loop_paths"], f"{r['loop_path_steps_per_s']:.3g}",
                  f"**{r['speedup']:.0f}x**"] for r in dres.get("results", [])]
@@ -262,19 +314,29 @@ def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = H
         L.append("")
 
     L.append("## What makes ss.simulate fast\n")
-    L.append("- **Linear models take a fused path**: for an Ornstein–Uhlenbeck model (USAM/SGD on a quadratic) a "
-             "step is `addmm(zeta @ (sqrt(dt) F^T), x, I - dt A^T)`: one GEMM plus one GEMM-accumulate, no drift "
-             "or diffusion evaluation, no `(n, d, m)` tensor.")
-    L.append("- **Noise is pre-generated in blocks** of steps per 1024-path random stream, and the streams are "
-             "generated **in parallel** on a small thread pool (CPU generators are serial: a single `randn` uses "
-             "one core), written straight into one buffer instead of being concatenated. Same numbers as before, "
-             "so results are unchanged and still independent of `chunk_size`.")
+    L.append("- **Linear models take a fused path** (`solvers.EulerMaruyama.step`): for an Ornstein–Uhlenbeck "
+             "model (SGD/USAM on a quadratic) a step is `addmm(zeta @ (sqrt(dt) F^T), x, I - dt A^T)`: one GEMM "
+             "plus one GEMM-accumulate, no drift or diffusion evaluation, no `(n, d, m)` tensor.")
+    L.append("- **Random numbers on every core** (`_engine`): the noise of a block of steps is pre-generated per "
+             "1024-path random stream; the streams are generated in parallel on a pool of single-threaded "
+             "workers (a CPU generator is serial, so one `randn` uses one core; single-threaded so that workers "
+             "do not start OpenMP teams whose spinning slows the main thread's GEMMs) and copied into one buffer "
+             "reused from block to block (no `torch.cat` along the path axis, no page faults of a fresh "
+             "50-500 MB buffer per block). Every stream makes exactly the calls it made before: the numbers, "
+             "hence all results, are bit-for-bit those of the previous engine and still independent of "
+             "`chunk_size`.")
     L.append("- **Nothing per step that the step does not need**: SDE steps have no norm guard, so no per-step "
-             "guard mask and reduction; the divergence check skips the norm when `max_norm` is infinite; draws "
-             "of a block are split once (`unbind`) instead of indexed per step.")
-    L.append("- torchsde spends its time in the Brownian motion (a Brownian-bridge tree queried per step), in "
-             "the general-noise `g_prod` (batched mat-vec over `(n, d, m)`), and in Python per step; see the "
-             "configuration table. A CUDA run is the place for absolute numbers.")
+             "mask and reduction; the divergence check at a recording is one row sum (exact `isfinite` only on "
+             "flagged rows, instead of `isfinite(x).all(-1)`, which cost more than the GEMMs of a step); the norm "
+             "test is skipped when `max_norm` is infinite; a block's draws are split once (`unbind`).")
+    L.append("- torchsde spends its time in the Brownian motion (a Brownian-bridge interval tree queried per "
+             "step), in the general-noise `g_prod` (a batched mat-vec over an expanded `(n, d, m)` tensor, "
+             "which is what makes its default 10-20x slower at d = 200), and in Python per step.")
+    L.append("- What is left at small d is the random-number generator itself: `torch.randn` on CPU draws "
+             "about 3.4 ns per number on one core (mt19937 + Box–Muller), i.e. 0.68 ms of CPU per step at "
+             "d = 20 and 10^4 paths, out of about 1.3 ms of CPU that a whole ss.simulate step uses; on 2 cores "
+             "no schedule of the same numbers can go below about half the total. A faster generator would "
+             "change the random numbers, i.e. every seeded result (the samplers live in `sde.py`).\n")
     out.write_text("\n".join(L) + "\n")
     if "grid" in res:
         figure(res, fig)

@@ -15,7 +15,7 @@ Sections (all in one run, results in ``benchmarks/results/sde.json``; ``make_rea
 * ``memory``  peak-RSS deltas (resource.getrusage maxrss) of single runs, each in a fresh subprocess.
 
 Run:  python benchmarks/bench_sde.py            (full, < 10 min on 2 cores)
-      python benchmarks/bench_sde.py --quick    (smoke run, ~1-2 min)
+      python benchmarks/bench_sde.py --quick    (smoke run, ~2 min; results/sde_quick.json, README untouched)
 """
 from __future__ import annotations
 
@@ -610,7 +610,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer cells, steps and repeats")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "sde.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default results/sde.json; results/sde_quick.json with --quick)")
     parser.add_argument("--no-readme", action="store_true", help="do not regenerate README.md and the figure")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--engine-child", action="store_true", help=argparse.SUPPRESS)
@@ -623,6 +624,10 @@ def main(argv=None) -> dict:
         spec = json.loads(args.child)
         print(json.dumps(memory_child(spec["case"], spec["fastest"])))
         return {}
+    if args.out is None:
+        args.out = HERE / "results" / ("sde_quick.json" if args.quick else "sde.json")
+        if args.quick:
+            args.no_readme = True  # a smoke run never overwrites the README made from a full run
     sections = args.sections.split(",")
     result = {"benchmark": "sde", "quick": args.quick, "machine": machine(),
               "command": "python benchmarks/bench_sde.py" + (" --quick" if args.quick else ""),

@@ -215,6 +215,19 @@ def top_eigenpair_hvp(hvp: BatchedHVP, v0: Tensor, *, method: str = "lanczos", i
     return Eigenpair(value=value, vector=vector, rayleigh=rayleigh)
 
 
+def _match_problem(problem, x: Tensor) -> None:
+    """``x`` must have the problem's dtype, device and dimension (when the problem declares them): never a
+    silent cast, and a message naming ``x`` instead of torch's raw dtype error from inside an HVP."""
+    dtype, device, d = (getattr(problem, name, None) for name in ("dtype", "device", "d"))
+    if isinstance(dtype, torch.dtype) and x.dtype != dtype:
+        raise ValueError(f"`x` has dtype {x.dtype} but the problem uses {dtype}; convert one of them explicitly, "
+                         f"e.g. x.to({dtype})")
+    if device is not None and x.device.type != torch.device(device).type:
+        raise ValueError(f"`x` is on device {x.device} but the problem is on {device}")
+    if isinstance(d, int) and x.shape[-1] != d:
+        raise ValueError(f"`x` must have shape (d,) or (n_paths, d) with d={d}, got {tuple(x.shape)}")
+
+
 def top_eigenpair(problem, x: Tensor, *, method: str = "lanczos", iters: int = 20, v0: Tensor | None = None,
                   seed: int = 0) -> Eigenpair:
     r"""Top eigenpair of the full-batch Hessian :math:`\nabla^2 f(x_p)` at every path's point.
@@ -223,7 +236,8 @@ def top_eigenpair(problem, x: Tensor, *, method: str = "lanczos", iters: int = 2
 
     Args:
         problem: Anything with ``hvp(x: (n, d), v: (n, d)) -> (n, d)``.
-        x: Points ``(n, d)``, or ``(d,)`` for one point (then the results drop the path axis).
+        x: Points ``(n, d)``, or ``(d,)`` for one point (then the results drop the path axis), in the
+            problem's dtype and on its device (a mismatch is a ``ValueError``, never a silent cast).
         method, iters: As in :func:`top_eigenpair_hvp`.
         v0: Warm start of the shape of ``x``; default a Gaussian start drawn from
             ``torch.Generator(device=x.device).manual_seed(seed)``, in ``x``'s dtype and device.
@@ -234,6 +248,7 @@ def top_eigenpair(problem, x: Tensor, *, method: str = "lanczos", iters: int = 2
     """
     if not isinstance(x, Tensor) or x.ndim not in (1, 2) or not x.dtype.is_floating_point:
         raise ValueError(f"`x` must be a floating tensor of shape (d,) or (n_paths, d), got {getattr(x, 'shape', x)!r}")
+    _match_problem(problem, x)
     single = x.ndim == 1
     xb = x.unsqueeze(0) if single else x
     if v0 is None:
@@ -263,10 +278,20 @@ def alignment(a: Tensor, v: Tensor, *, eps: float | None = None) -> Tensor:
 
     Returns:
         ``(...)`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``a`` and ``v`` differ in dtype, device or last dimension.
     """
+    if not isinstance(a, Tensor) or not isinstance(v, Tensor):
+        raise TypeError(f"`a` and `v` must be tensors, got {type(a).__name__} and {type(v).__name__}")
+    if not a.dtype.is_floating_point or a.dtype != v.dtype:
+        raise ValueError(f"`a` and `v` must be floating tensors of the same dtype, got {a.dtype} and {v.dtype}; "
+                         f"convert one of them explicitly")
+    if a.device != v.device:
+        raise ValueError(f"`a` and `v` must be on the same device, got {a.device} and {v.device}")
     if a.shape[-1] != v.shape[-1]:
         raise ValueError(f"`a` and `v` must share the last dimension d, got {tuple(a.shape)} and {tuple(v.shape)}")
-    eps = _default_eps(torch.promote_types(a.dtype, v.dtype)) if eps is None else eps
+    eps = _default_eps(a.dtype) if eps is None else eps
     if not eps > 0:
         raise ValueError(f"`eps` must be > 0 or None, got eps={eps!r}")
     norms = a.norm(dim=-1).clamp_min(eps) * v.norm(dim=-1).clamp_min(eps)

@@ -229,3 +229,21 @@ def test_top_eigenpair_errors():
         alignment(torch.ones(3), torch.ones(2))
     with pytest.raises(ValueError, match=r"`eps` must be > 0 or None, got eps=0"):
         alignment(torch.ones(3), torch.ones(3), eps=0)
+
+
+def test_dtype_device_and_dimension_checks_name_x():
+    import sde_sam as ss
+
+    prob = ss.Quadratic(torch.diag(torch.tensor([1.0, -2.0], dtype=F64)), noise_cov=0.0)
+    with pytest.raises(ValueError, match=r"`x` has dtype torch.float32 but the problem uses torch.float64"):
+        ss.top_eigenpair(prob, torch.ones(2))
+    with pytest.raises(ValueError, match=r"`x` must have shape \(d,\) or \(n_paths, d\) with d=2, got \(4, 3\)"):
+        ss.top_eigenpair(prob, torch.ones(4, 3, dtype=F64))
+    assert ss.top_eigenpair(prob, torch.ones(2, dtype=F64), iters=2).value.item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"`a` and `v` must be floating tensors of the same dtype, "
+                                          r"got torch.float32 and torch.float64"):
+        alignment(torch.ones(3), torch.ones(3, dtype=F64))
+    with pytest.raises(ValueError, match=r"`a` and `v` must be floating tensors of the same dtype, got torch.int64"):
+        alignment(torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"`a` and `v` must be tensors, got list and Tensor"):
+        alignment([1.0, 0.0], torch.ones(2))

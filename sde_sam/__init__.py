@@ -2,7 +2,7 @@
 
 See ``DESIGN.md`` for the architecture and ``MATH.md`` for every formula.
 """
-from . import problems, theory
+from . import executors, problems, theory
 from .discrete import run
 from .methods import DNSAM, SAM, SGD, USAM, EigenSAM, Method, UnifiedSAM
 from .problems import FiniteSum, Objective, Problem, Quadratic, saddle
@@ -15,7 +15,7 @@ from .weak_error import MonteCarloFloorError, OrderFit, WeakErrorStudy, weak_err
 __version__ = "0.1.0"
 
 __all__ = [
-    "problems", "theory",
+    "problems", "theory", "executors",
     "Problem", "Objective", "Quadratic", "FiniteSum", "saddle",
     "Method", "SGD", "USAM", "SAM", "DNSAM", "UnifiedSAM", "EigenSAM",
     "run", "Trajectory", "sde_model", "SDEModel", "simulate", "top_eigenpair", "alignment",

@@ -1,0 +1,381 @@
+r"""Running the independent cells of a study: in-process, on any ``concurrent.futures``-style executor, or on Ray.
+
+A study (a phase diagram over :math:`(\rho,\eta)`, a weak-error study over methods × learning rates ×
+orders) is a grid of *cells*. Every cell computes from its own key and seed alone, so cells can run in any
+order, anywhere: one after another in this process (the default), on a ``ThreadPoolExecutor`` or
+``ProcessPoolExecutor``, on Dask (``client.get_executor()``), or on a Ray cluster through
+:class:`RayExecutor`. Nothing here schedules work across machines; an executor does, and this module only
+submits cells and gathers their results *in the caller*, which is the only writer of ``results_dir``.
+
+* :func:`run_cells`: run ``cell_fn(spec)`` for every ``(key, spec)``; hand each result to ``on_result`` as
+  it completes (that is where it is saved); a failing cell does not stop the others, and every failure is
+  reported at the end in one :class:`CellErrors`.
+* :func:`grid`: the generic grid runner for experiments. Each spec is a dict of JSON-able fields, each cell
+  returns a ``DataFrame``; finished cells are saved atomically under ``results_dir/cells/``, so a rerun
+  loads what finished and submits only the missing cells. The table is the same, bit for bit, whatever the
+  executor and however often the study was interrupted.
+* :class:`RayExecutor`: a thin adapter giving Ray tasks the ``submit`` of a ``concurrent.futures.Executor``
+  (``pip install "sde_sam[ray]"``).
+
+Example:
+    >>> from concurrent.futures import ProcessPoolExecutor
+    >>> from sde_sam.executors import grid
+    >>> specs = [{"lr": lr, "rho": rho, "seed": 0} for lr in (0.1, 0.2) for rho in (0.5, 1.0)]
+    >>> table = grid(specs, my_cell)  # doctest: +SKIP  (serial)
+    >>> with ProcessPoolExecutor(2) as pool:  # doctest: +SKIP
+    ...     table = grid(specs, my_cell, executor=pool, results_dir="results/my_study")
+
+Cell functions and specs travel to the workers by pickling: define cell functions at module level (a
+``ProcessPoolExecutor`` pickles them by reference); Ray uses ``cloudpickle``.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import pickle
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable, Sequence
+
+__all__ = ["run_cells", "grid", "spec_key", "CellErrors", "RayExecutor"]
+
+
+class CellErrors(RuntimeError):
+    """One or more cells failed; the others finished (and were handed to ``on_result``).
+
+    Attributes:
+        errors: ``{key: exception}`` for each failed cell, in cell order.
+        results: ``{key: result}`` of the cells that finished.
+    """
+
+    def __init__(self, errors: dict[Hashable, BaseException], results: dict[Hashable, Any] | None = None,
+                 specs: dict[Hashable, Any] | None = None):
+        self.errors = dict(errors)
+        self.results = dict(results or {})
+        self.specs = dict(specs or {})
+        lines = [f"  {key!r}" + (f" {self.specs[key]!r}" if key in self.specs else "")
+                 + f": {type(err).__name__}: {err}" for key, err in self.errors.items()]
+        n_done = len(self.results)
+        super().__init__(f"{len(self.errors)} cell(s) failed ({n_done} finished and kept):\n" + "\n".join(lines))
+
+    def __reduce__(self):
+        return (type(self), (self.errors, self.results, self.specs))
+
+
+def _progress_bar(total: int, enabled: bool | None, desc: str | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc or "cells", unit="cell")
+
+
+def run_cells(cells: Sequence[tuple[Hashable, Any]], cell_fn: Callable[[Any], Any], *, executor: Any = None,
+              on_result: Callable[[Hashable, Any], None] | None = None, progress: bool | None = False,
+              desc: str | None = None) -> dict[Hashable, Any]:
+    """Run ``cell_fn(spec)`` for every ``(key, spec)`` in ``cells``.
+
+    Args:
+        cells: ``(key, spec)`` pairs; keys are hashable and unique.
+        cell_fn: a function of one spec. With a process pool or Ray it must pickle (a module-level function).
+        executor: ``None`` (in this process, one cell after another) or any object with the ``submit`` of
+            ``concurrent.futures.Executor`` returning a ``concurrent.futures.Future``:
+            ``ThreadPoolExecutor``, ``ProcessPoolExecutor``, Dask's ``client.get_executor()``,
+            :class:`RayExecutor`. It is not shut down here.
+        on_result: called as ``on_result(key, result)`` in *this* process and thread as each cell completes
+            (completion order): the place to save it. An exception from ``on_result`` is not a cell failure:
+            the cells not yet started are cancelled and it propagates.
+        progress: a tqdm progress bar (``None``: only when stderr is a terminal).
+        desc: the progress bar's label.
+
+    Returns:
+        ``{key: result}`` in the order of ``cells``.
+
+    Raises:
+        CellErrors: after every other cell finished, if any cell raised; it lists each failed key with its
+            error and carries the finished results (``.results``), which ``on_result`` has already seen.
+    """
+    cells = list(cells)
+    keys = [key for key, _ in cells]
+    if len(set(keys)) != len(keys):
+        dup = sorted({repr(k) for k in keys if keys.count(k) > 1})
+        raise ValueError(f"`cells` keys must be unique, got duplicates {', '.join(dup)}")
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise TypeError(f"`executor` must be None or have a `submit(fn, *args)` method like "
+                        f"concurrent.futures.Executor, got {type(executor).__name__}")
+    done: dict[Hashable, Any] = {}
+    errors: dict[Hashable, BaseException] = {}
+    bar = _progress_bar(len(cells), progress, desc)
+
+    def finished(key, result):
+        done[key] = result
+        if on_result is not None:
+            on_result(key, result)
+
+    try:
+        if executor is None:
+            for key, spec in cells:
+                try:
+                    result = cell_fn(spec)
+                except Exception as err:  # a failing cell is reported at the end; KeyboardInterrupt is not caught
+                    errors[key] = err
+                else:
+                    finished(key, result)
+                if bar is not None:
+                    bar.update()
+        else:
+            futures = {}
+            try:
+                for key, spec in cells:
+                    futures[executor.submit(cell_fn, spec)] = key
+                for future in cf.as_completed(futures):
+                    key = futures[future]
+                    try:
+                        result = future.result()
+                    except Exception as err:  # includes a worker process that died (BrokenProcessPool)
+                        errors[key] = err
+                    else:
+                        finished(key, result)
+                    if bar is not None:
+                        bar.update()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if errors:
+        raise CellErrors({k: errors[k] for k in keys if k in errors}, {k: done[k] for k in keys if k in done})
+    return {k: done[k] for k in keys}
+
+
+# ---------------------------------------------------------------------------------------------- grid
+
+
+def spec_key(spec: dict) -> str:
+    """The stable key of a cell spec: the first 16 hex digits of the SHA-256 of its canonical JSON
+    (sorted keys; tuples and lists alike). Equal specs give equal keys across processes, machines and runs."""
+    return hashlib.sha256(_canonical(spec).encode()).hexdigest()[:16]
+
+
+def _canonical(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+def _check_specs(specs: Sequence[dict]) -> list[str]:
+    if isinstance(specs, dict) or not isinstance(specs, Sequence):
+        raise TypeError(f"`specs` must be a list of dicts, got {type(specs).__name__}")
+    keys = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not all(isinstance(k, str) for k in spec):
+            raise TypeError(f"`specs[{i}]` must be a dict with str keys, got {spec!r}")
+        try:
+            keys.append(spec_key(spec))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"`specs[{i}]` must hold JSON-able values (str, int, float, bool, None, lists, "
+                            f"dicts), got {spec!r}: {err}") from None
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in seen:
+            raise ValueError(f"`specs` must be distinct, got specs[{seen[key]}] == specs[{i}] = {specs[i]!r}")
+        seen[key] = i
+    return keys
+
+
+def _cell_path(results_dir: Path, key: str) -> Path:
+    return results_dir / "cells" / f"{key}.pkl"
+
+
+def _save_cell(results_dir: Path, key: str, spec: dict, frame) -> Path:
+    """Write ``{"spec", "table"}`` to a temporary file next to the target, then ``os.replace`` it: a reader
+    (or an interrupted run) sees either the whole cell or none of it."""
+    path = _cell_path(results_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump({"spec": spec, "table": frame}, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _load_cell(results_dir: Path, key: str, spec: dict):
+    """The saved table of this spec, or ``None`` when absent or saved for another spec."""
+    path = _cell_path(results_dir, key)
+    if not path.exists():
+        return None
+    with open(path, "rb") as fh:
+        saved = pickle.load(fh)
+    if _canonical(saved.get("spec", {})) != _canonical(spec):
+        return None
+    return saved["table"]
+
+
+def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any = None,
+         results_dir: str | os.PathLike | None = None, progress: bool | None = None):
+    """Run a study grid: ``cell_fn(spec)`` for every spec, gathered into one tidy table.
+
+    Every cell computes from its own spec alone (put its seed in the spec, e.g. derived from the grid
+    indices), so the table does not depend on where or in which order cells ran: serial, thread or process
+    pool, Dask, Ray give the same table bit for bit. Anything that combines cells (differences, fits) belongs
+    after ``grid``, on the table.
+
+    Resume: with ``results_dir``, each finished cell is saved atomically (temporary file + ``os.replace``)
+    as ``results_dir/cells/<spec_key(spec)>.pkl`` holding the spec and its table (pickle: an exact round
+    trip of every dtype and float). A rerun loads the cells already there and submits only the missing
+    ones; a study interrupted mid-way (a failed cell, a killed worker, Ctrl-C) loses only the cells that had
+    not finished. Changing any field of a spec makes it a new cell.
+
+    Args:
+        specs: distinct dicts of JSON-able fields (``str``, ``int``, ``float``, ``bool``, ``None``, lists).
+        cell_fn: ``cell_fn(spec) -> pandas.DataFrame``; a module-level function for process pools and Ray.
+        executor: see :func:`run_cells` (``None``: in this process).
+        results_dir: where ``cells/`` go; ``None`` keeps nothing on disk.
+        progress: tqdm bar over the cells to compute (``None``: when stderr is a terminal).
+
+    Returns:
+        The cells' tables concatenated in spec order (index reset), with each spec field added as a column
+        in front, except where the cell's table already has a column of that name (kept as returned).
+
+    Raises:
+        CellErrors: some cells failed; every other cell finished and was saved. Rerun to retry the failed ones.
+    """
+    import pandas as pd
+
+    keys = _check_specs(specs)
+    root = Path(results_dir) if results_dir is not None else None
+    tables: dict[str, Any] = {}
+    if root is not None:
+        for key, spec in zip(keys, specs):
+            table = _load_cell(root, key, spec)
+            if table is not None:
+                tables[key] = table
+    missing = [(key, spec) for key, spec in zip(keys, specs) if key not in tables]
+
+    def on_result(key, table):
+        if not isinstance(table, pd.DataFrame):
+            raise TypeError(f"`cell_fn` must return a pandas DataFrame, got {type(table).__name__} "
+                            f"for spec {dict(missing)[key]!r}")
+        tables[key] = table
+        if root is not None:
+            _save_cell(root, key, dict(missing)[key], table)
+
+    if missing:
+        try:
+            run_cells(missing, cell_fn, executor=executor, on_result=on_result, progress=progress,
+                      desc="grid cells")
+        except CellErrors as err:  # name each failed cell by its spec too
+            raise CellErrors(err.errors, err.results, {k: s for k, s in missing if k in err.errors}) from None
+    frames = []
+    for key, spec in zip(keys, specs):
+        frame = tables[key].copy()
+        front = [name for name in spec if name not in frame.columns]
+        for pos, name in enumerate(front):
+            value = spec[name]
+            frame.insert(pos, name, [value] * len(frame) if isinstance(value, (list, dict)) else value)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError('RayExecutor needs Ray: pip install "sde_sam[ray]" (or pip install "ray[default]")') from err
+    return ray
+
+
+def _call(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    return fn(*args, **kwargs)
+
+
+class RayExecutor:
+    """Ray tasks behind the ``submit`` of ``concurrent.futures.Executor``: pass it as ``executor=``.
+
+    Connects to the cluster at ``address`` (or the ``RAY_ADDRESS`` environment variable, e.g. after
+    ``ray start --head``), else starts a local one with ``num_cpus`` CPUs. Ray is already initialised in
+    this process? Then that connection is used and left open. Each cell is one task with one CPU and
+    ``num_gpus_per_cell`` GPUs: a fraction (``0.25``: four cells share a GPU) or a whole number; Ray sets
+    ``CUDA_VISIBLE_DEVICES`` in the task, so a cell that puts its tensors on ``"cuda"`` finds its GPU.
+
+    Args:
+        address: a Ray cluster address (``"ray://host:10001"``, ``"auto"``, ``"host:6379"``); ``None``: use
+            ``RAY_ADDRESS`` if set, else start a local cluster.
+        num_cpus: CPUs of a local cluster (``None``: all of this machine's); ignored when connecting.
+        num_gpus_per_cell: GPUs per cell, ``>= 0`` (fractions below 1; whole numbers above). Refused when the
+            cluster has no GPU (a task would wait for one forever).
+
+    Example:
+        >>> with RayExecutor() as ex:  # doctest: +SKIP
+        ...     study = ss.weak_error(prob, method, lrs=[0.1, 0.05], horizon=1.0, x0=x0, executor=ex)
+    """
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
+                 num_gpus_per_cell: float = 0):
+        if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
+            raise ValueError(f"`num_cpus` must be a positive int or None, got num_cpus={num_cpus!r}")
+        gpus = float(num_gpus_per_cell)
+        if not gpus >= 0 or (gpus > 1 and not gpus.is_integer()):
+            raise ValueError(f"`num_gpus_per_cell` must be >= 0, a fraction below 1 or a whole number, "
+                             f"got num_gpus_per_cell={num_gpus_per_cell!r}")
+        ray = _import_ray()
+        self._ray = ray
+        self._owns = False
+        self._task = None
+        if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS") or None
+            if address:
+                ray.init(address=address)
+            else:
+                ray.init(num_cpus=num_cpus, include_dashboard=False)
+            self._owns = True
+        if gpus > 0:
+            available = ray.cluster_resources().get("GPU", 0)
+            if available <= 0:
+                self.shutdown()
+                raise ValueError(f"`num_gpus_per_cell`={num_gpus_per_cell} but the Ray cluster has no GPU; "
+                                 f"use num_gpus_per_cell=0 to run cells on CPUs")
+        self.num_gpus_per_cell = gpus
+        self._task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_call)
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
+        """Run ``fn(*args, **kwargs)`` as a Ray task; a ``concurrent.futures.Future`` of its result."""
+        if self._task is None:
+            raise RuntimeError("cannot submit to a RayExecutor after shutdown()")
+        return self._task.remote(fn, args, kwargs).future()
+
+    def map(self, fn: Callable, *iterables: Iterable) -> Iterable:
+        """``concurrent.futures.Executor.map``: results in input order."""
+        futures = [self.submit(fn, *args) for args in zip(*iterables)]
+        return (f.result() for f in futures)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Disconnect; a local cluster started by this executor is stopped."""
+        self._task = None
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._owns = False
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

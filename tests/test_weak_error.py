@@ -15,6 +15,7 @@ import sde_sam as ss
 # The module itself (``sde_sam.weak_error`` as a package attribute may be the function once exported).
 wem = importlib.import_module("sde_sam.weak_error")
 MonteCarloFloorError, WeakErrorStudy, weak_error = wem.MonteCarloFloorError, wem.WeakErrorStudy, wem.weak_error
+cells_mod = importlib.import_module("sde_sam.weak_error.cells")
 
 F64 = torch.float64
 
@@ -194,7 +195,7 @@ def test_interrupted_study_resumes_to_the_same_table(quad, x0, tmp_path, monkeyp
     kw = dict(lrs=[0.1, 0.05], horizon=0.2, x0=x0, n_paths=1024, mode="monte_carlo", sde_order=[0, 1],
               test_functions=["loss", "grad_norm_plus_x_norm"], rho=0.1)
     reference = weak_error(quad, ss.USAM(0.1), **kw)
-    calls, real = [], wem._mc_cell
+    calls, real = [], cells_mod._mc_cell
 
     def flaky(*args, **kwargs):
         if len(calls) == 4:
@@ -202,7 +203,7 @@ def test_interrupted_study_resumes_to_the_same_table(quad, x0, tmp_path, monkeyp
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(wem, "_mc_cell", flaky)
+    monkeypatch.setattr(cells_mod, "_mc_cell", flaky)
     with pytest.raises(_Interrupt):
         weak_error(quad, ss.USAM(0.1), results_dir=tmp_path, **kw)
     assert len(list((tmp_path / "cells").glob("*.csv"))) == 4 and not list((tmp_path / "cells").glob("*.tmp"))
@@ -211,7 +212,7 @@ def test_interrupted_study_resumes_to_the_same_table(quad, x0, tmp_path, monkeyp
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(wem, "_mc_cell", counting)
+    monkeypatch.setattr(cells_mod, "_mc_cell", counting)
     calls.clear()
     resumed = weak_error(quad, ss.USAM(0.1), results_dir=tmp_path, **kw)
     assert len(calls) == 10 - 4  # 2 lrs x (discrete + 2 models + 2 solver checks), 4 were saved

@@ -1,0 +1,12 @@
+"""Weak-error studies (MATH §5), by role: :mod:`.api` (``weak_error``), :mod:`.cells` (one Monte-Carlo
+piece per cell), :mod:`.exact` (closed-form moments), :mod:`.estimators` (floor, order fits),
+:mod:`.study` (the result object) and :mod:`.storage` (files)."""
+from .api import COLUMNS, ORDERS, weak_error
+from .cells import DEFAULT_TEST_FUNCTIONS, model_label
+from .estimators import FLOOR, MonteCarloFloorError, OrderFit
+from .exact import (EXACT_TEST_FUNCTIONS, _linear_model, _linear_recursion, _ou_moments,
+                    _quad_expectations)
+from .study import WeakErrorStudy
+
+__all__ = ["weak_error", "WeakErrorStudy", "OrderFit", "MonteCarloFloorError", "FLOOR", "ORDERS", "COLUMNS",
+           "DEFAULT_TEST_FUNCTIONS", "EXACT_TEST_FUNCTIONS", "model_label"]

@@ -1,0 +1,116 @@
+"""Exact moments of linear-Gaussian cases (MATH §3.4): SGD and USAM on a quadratic, discrete and OU."""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..methods import SGD, USAM, Method, UnifiedSAM
+from ..observables import record_times
+from ..problems.base import Problem
+from ..problems.gaussian import Quadratic
+from .storage import frame
+
+EXACT_TEST_FUNCTIONS = ("loss", "x_norm_sq")
+"""Test functions with closed-form Gaussian expectations (quadratic in x), available in exact mode."""
+
+
+# -- exact moments (linear-Gaussian cases, MATH §3.4) -------------------------------------------------------
+def _exact_applicable(problem: Problem, method: Method) -> str | None:
+    """``None`` if exact moments apply, else why not."""
+    if not isinstance(problem, Quadratic):
+        return f"the problem is a {type(problem).__name__}, not a Quadratic with additive Gaussian noise"
+    if not (type(method) in (SGD, USAM) or (isinstance(method, UnifiedSAM) and method.lam == 0.0)):
+        return f"the method is {method.name}, not SGD or USAM (whose step is linear on a quadratic)"
+    return None
+
+
+def _warn_unstable(problem: Quadratic, method: Method, lrs, rho) -> None:
+    """Discrete USAM on a quadratic diverges when some lr·λ(1+ρλ) leaves [0, 2] (MATH §7)."""
+    lam = torch.linalg.eigvalsh(0.5 * (problem.H + problem.H.T)).double()
+    for lr in lrs:
+        r = method.rho if rho is None else (rho(lr) if callable(rho) else rho)
+        a = lr * lam * (1 + r * lam)
+        if bool((a > 2).any()):
+            warnings.warn(f"discrete {method.name} is unstable at lr={lr:g}, rho={r:g}: lr·λ(1+ρλ) = "
+                          f"{float(a.max()):.3g} > 2, its moments diverge", stacklevel=3)
+
+
+def _linear_model(problem: Quadratic, rho: float, order, diffusion: str) -> tuple[np.ndarray, np.ndarray]:
+    r"""``(A, Q)`` of the OU model :math:`dX = -AX\,dt + \sqrt\eta\,Q^{1/2}dW` of USAM (SGD: ρ = 0).
+
+    Order 0: :math:`A = H`, :math:`Q = \Sigma`. Orders 1, 2 and exact coincide on quadratics (no third
+    derivative): :math:`A = H(I+\rho H)`, :math:`Q = (I+\rho H)\Sigma(I+\rho H)` (``factor``) or
+    :math:`\Sigma+\rho(\Sigma H+H\Sigma)` clipped to PSD (``paper``, orders 1 and 2).
+    """
+    H = problem.H.detach().cpu().double().numpy()
+    H = 0.5 * (H + H.T)
+    S = problem.noise_cov.detach().cpu().double().numpy()
+    if order == 0:
+        return H, S
+    P = np.eye(len(H)) + rho * H
+    if diffusion == "paper" and order != "exact":
+        w, V = np.linalg.eigh(S + rho * (S @ H + H @ S))
+        return H @ P, (V * w.clip(min=0)) @ V.T
+    return H @ P, P @ S @ P
+
+
+def _quad_expectations(names: Sequence[str], H: np.ndarray, m: np.ndarray, C: np.ndarray) -> dict[str, np.ndarray]:
+    """E φ for Gaussian N(m, C) batches ``m: (T, d)``, ``C: (T, d, d)``: loss ½tr(H(C+mmᵀ)), ‖x‖² = tr C + ‖m‖²."""
+    out = {}
+    for name in names:
+        if name == "loss":
+            out[name] = 0.5 * (np.einsum("ij,tji->t", H, C) + np.einsum("ti,ij,tj->t", m, H, m))
+        else:
+            out[name] = np.einsum("tii->t", C) + (m * m).sum(-1)
+    return out
+
+
+def _linear_recursion(M: np.ndarray, N: np.ndarray, x0: np.ndarray, ks: Sequence[int]):
+    """Moments of :math:`x_{k+1} = Mx_k + \\text{noise}` (noise covariance ``N``) at the steps ``ks``."""
+    m, C = x0.copy(), np.zeros((len(x0), len(x0)))
+    want, ms, Cs = set(ks), [], []
+    for k in range(ks[-1] + 1):
+        if k in want:
+            ms.append(m.copy()), Cs.append(C.copy())
+        m, C = M @ m, M @ C @ M.T + N
+    return np.array(ms), np.array(Cs)
+
+
+def _ou_moments(A: np.ndarray, Q: np.ndarray, lr: float, x0: np.ndarray, times: np.ndarray):
+    r"""Exact OU moments: mean :math:`e^{-At}x_0`, covariance :math:`\int_0^t e^{-As}\eta Q e^{-As}ds`
+    (A symmetric: in its eigenbasis entry ij is :math:`\eta\tilde Q_{ij}(1-e^{-(a_i+a_j)t})/(a_i+a_j)`)."""
+    a, V = np.linalg.eigh(A)
+    Qt = V.T @ Q @ V
+    s = a[:, None] + a[None, :]
+    st = s[None] * times[:, None, None]
+    phi = np.where(np.abs(st) > 1e-12, -np.expm1(-st) / np.where(s == 0, 1.0, s)[None], times[:, None, None])
+    C = V[None] @ (lr * Qt[None] * phi) @ V.T[None]
+    m = (np.exp(-a[None] * times[:, None]) * (V.T @ x0)[None]) @ V.T
+    return m, C
+
+
+
+
+def _exact_cell(kind, m, steps, every, order, done, *, problem, x0, tfs, dt_ratio, diffusion, **_) -> pd.DataFrame:
+    H = 0.5 * (problem.H + problem.H.T).detach().cpu().double().numpy()
+    x = x0.detach().cpu().double().numpy()
+    lr, names, eye = m.lr, list(tfs), np.eye(x0.shape[0])
+    times = np.array(record_times(steps, every)) * lr
+    if kind == "discrete":
+        A, Q = _linear_model(problem, m.rho, 1, "factor")  # USAM's step: x - lr (A x + P Z), Cov(P Z) = Q
+        ms, Cs = _linear_recursion(eye - lr * A, lr**2 * Q, x, record_times(steps, every))
+        return frame(times, _quad_expectations(names, H, ms, Cs), None)
+    A, Q = _linear_model(problem, m.rho, order, diffusion)
+    if kind.startswith("solver"):  # Euler–Maruyama's own moments at dt and dt/2: the solver error, exactly
+        em = []
+        for r in (dt_ratio, 2 * dt_ratio):
+            ms, Cs = _linear_recursion(eye - lr / r * A, lr**2 / r * Q, x, record_times(steps * r, every * r))
+            em.append(_quad_expectations(names, H, ms, Cs))
+        return frame(times, {k: em[0][k] - em[1][k] for k in names}, None)
+    ms, Cs = _ou_moments(A, Q, lr, x, times)
+    return frame(times, _quad_expectations(names, H, ms, Cs), None)
+

@@ -30,7 +30,7 @@ def check_order(order) -> int | str:
 
 
 def effective_grads(problem: Problem, method: Method, x: Tensor, draws: Tensor, *, order, eps: float,
-                    v: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                    v: Tensor | None = None, full_grad: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     r"""Per-row :math:`g_\gamma = \nabla f_\gamma(x)`, the drift's :math:`G^{(r)}_\gamma(x)` and the diffusion's :math:`G^{(r')}_\gamma(x)`.
 
     :math:`r' = \min(r, 1)` for the Taylor models and :math:`r' = r` for ``"exact"`` (MATH §3.1).
@@ -43,6 +43,12 @@ def effective_grads(problem: Problem, method: Method, x: Tensor, draws: Tensor, 
         order: 0, 1, 2 or ``"exact"``.
         eps: Norm guard.
         v: ``(N, d)`` unit top-eigenvectors (Eigen-SAM).
+        full_grad: ``(N, d)`` full-batch gradients (DNSAM), when the caller has them (the two-draw scheme
+            computes them once per path for both draws); ``None``: computed here if the method needs them.
+
+    Methods that declare ``needs_oracle`` (Two-step USAM, Hessian USAM) get ``hvp(u) = ∇²f_γ(x) u`` and
+    ``grad_at(y) = ∇f_γ(y)`` for the same draws at the same points, so their models of every order come from
+    this same construction.
 
     Returns:
         ``g``, ``G`` and ``G_noise``, each ``(N, d)``.
@@ -50,12 +56,18 @@ def effective_grads(problem: Problem, method: Method, x: Tensor, draws: Tensor, 
     g = problem.stochastic_grad(x, draws)
     if not method.perturbs or order == 0:
         return g, g, g
-    full = problem.grad(x) if method.uses_full_grad else None
-    e = method.perturbation(g, eps=eps, full_grad=full, v=v).eps
+    if method.uses_full_grad and full_grad is None:
+        full_grad = problem.grad(x)
+    if getattr(method, "needs_oracle", False):
+        oracle = dict(hvp=lambda u: problem.stochastic_hvp(x, u, draws),
+                      grad_at=lambda y: problem.stochastic_grad(y, draws))
+        e = method.perturbation(g, eps=eps, full_grad=full_grad, v=v, **oracle).eps
+    else:
+        e = method.perturbation(g, eps=eps, full_grad=full_grad, v=v).eps
     if order == "exact":
         G = problem.stochastic_grad(x + e, draws)
         return g, G, G
-    terms = taylor_terms(lambda y: problem.stochastic_grad(y, draws), x, e, order)
+    terms = taylor_terms(problem.stochastic_grad_single, x, e, order, draws)
     G1 = terms[0] + terms[1]
     return terms[0], (G1 + terms[2] if order == 2 else G1), G1
 

@@ -1,14 +1,11 @@
 r"""SDE models of the methods, torchsde-compatible (MATH §3).
 
-.. math:: dX_t = b(X_t)\,dt + F(X_t)\,dW_t,\qquad b = -\mathbb E_\gamma G^{(r)}_\gamma,\quad
-          FF^\top = \eta\,\mathrm{Cov}_\gamma\big(G^{(r')}_\gamma\big)
+.. math:: dX_t = b(X_t)\,dt + F(X_t)\,dW_t,\qquad b = -\tfrac{1}{1-\beta}\mathbb E_\gamma G^{(r)}_\gamma,\quad
+          FF^\top = \tfrac{\eta}{(1-\beta)^2}\,\mathrm{Cov}_\gamma\big(G^{(r')}_\gamma\big)
 
-The expectation over draws is, in order of preference ("auto"): a closed form when the effective gradient
-is affine in additive Gaussian noise (SGD, USAM, DNSAM up to order 1; any order of USAM on a quadratic,
-whose model is then linear, an Ornstein–Uhlenbeck process); an exact enumeration of the draws (``B = 1``
-finite sums; per-sample values scaled by :math:`c_B/B` for the order-0 model); the exact mini-batch drift
-of USAM (MATH §3.2) with sampled diffusion; else ``n_draws`` sampled draws per evaluation, the same draws
-for the drift's mean and the diffusion's centred values (their errors are uncorrelated).
+(:math:`\beta` the method's momentum, 0 for the plain methods). How the expectations over draws are formed is
+chosen by :func:`sde_sam.expectations.plan`: closed forms, exact enumeration, ``K`` sampled draws, or — the
+default for mini-batch and non-affine Gaussian models — the two-draw weak scheme of MATH §4.1 in the solver.
 """
 from __future__ import annotations
 
@@ -18,38 +15,51 @@ import torch
 from torch import Tensor
 
 from . import diffusion as diff
+from . import expectations
 from .drift import check_order, effective_grads, usam_minibatch_drift
-from .methods import DNSAM, USAM, Method, UnifiedSAM, power_iteration
+from .methods import Method, power_iteration
 from .problems.base import Problem
-from .problems.finite_sum import FiniteSum
-from .problems.gaussian import Quadratic
 
 DIFFUSIONS = ("factor", "paper")
 
 
-def _affine_coefficient(method: Method, order) -> str | None:
-    """How the effective gradient depends on additive noise Z: 'sgd' (Z), 'usam' ((I+ρH)Z), 'dnsam'; else None."""
-    if not method.perturbs or order == 0:
-        return "sgd"
-    if order == 1 and (isinstance(method, USAM) or (isinstance(method, UnifiedSAM) and method.lam == 0)):
-        return "usam"
-    if order == 1 and isinstance(method, DNSAM):
-        return "dnsam"
-    return None
-
-
 class SDEModel:
-    """The order-``r`` SDE model of a method on a problem. Build it with :func:`sde_model`.
+    r"""The order-``r`` SDE model of a method on a problem. Build it with :func:`sde_model`.
 
     Implements torchsde's interface (``f``, ``g``, ``noise_type="general"``, ``sde_type="ito"``) and the
     native solver's (``sampler``, ``terms``, ``init_state``, ``update_state``).
 
+    **Momentum** (MATH §3.5) [derived]: for a method with ``momentum=β`` (heavy ball or Nesterov) the model is
+    the plain one at the effective rate :math:`\eta/(1-\beta)`: drift and diffusion factor both scaled by
+    :math:`1/(1-\beta)` (on quadratics :math:`A/(1-\beta)`, :math:`F/(1-\beta)`). The discrete buffer starts at 0,
+    so its first :math:`\sim 1/(1-\beta)` steps move slower: an initial layer of duration :math:`O(\eta/(1-\beta))`
+    whose effect on the weak error is :math:`O(\eta)`, with a constant growing in :math:`1/(1-\beta)`.
+
+    **The two-draw weak scheme** (``mode == "two_draw"``, MATH §4.1) [derived]: per solver step, per path, two
+    independent draws :math:`\gamma_1, \gamma_2` and a scalar :math:`\zeta` (standard Gaussian, or ±1 for
+    ``increments="two_point"``):
+
+    .. math:: X' = X - \Delta t\,G^{(r)}_{\gamma_1}(X) + \sqrt{\tfrac{\Delta t(\eta-\Delta t)}{2}}\,
+              \big(G^{(r')}_{\gamma_1}(X) - G^{(r')}_{\gamma_2}(X)\big)\,\zeta
+
+    (times :math:`1/(1-\beta)`). Its mean is :math:`-\Delta t\,\mathbb E G^{(r)}` and its covariance
+    :math:`\Delta t^2\mathrm{Cov}\,G^{(r)} + \Delta t(\eta-\Delta t)\mathrm{Cov}\,G^{(r')}`, exactly the Euler–Maruyama
+    step's :math:`\eta\Delta t\,\mathrm{Cov}\,G^{(r')}` for :math:`r\le1` and within :math:`O(\Delta t^2)` for
+    :math:`r = 2`: weak order 1, like Euler–Maruyama, at two evaluations of :math:`G` per path-step for any
+    mini-batch size or noise model. It is a **weak** scheme: the paths are not driven by a Brownian motion,
+    only their law is right to :math:`O(\Delta t)`. It needs :math:`\Delta t < \eta`. The stateless
+    :meth:`drift`, :meth:`diffusion_factor` and torchsde's ``f``/``g`` keep their meaning: they form the
+    expectations the exact or sampled way (:attr:`stateless_mode`).
+
     Attributes:
         problem, method, order, diffusion: What it models.
-        lr: Learning rate :math:`\\eta` (the diffusion carries :math:`\\sqrt\\eta`).
-        mode: How expectations over draws are taken: ``"linear"``, ``"affine"``, ``"enumerate"`` or ``"sampled"``.
-        noise_dim: Dimension ``m`` of the Brownian motion.
-        linear: ``(A, F)`` when the model is linear, :math:`dX = -AX\\,dt + F\\,dW` with constant ``F: (d, m)``; else ``None``.
+        lr: Learning rate :math:`\eta` (the diffusion carries :math:`\sqrt\eta`).
+        mode: How the solver step forms expectations over draws: ``"linear"``, ``"affine"``, ``"enumerate"``,
+            ``"sampled"`` or ``"two_draw"``.
+        stateless_mode: The same for the stateless :meth:`drift`/:meth:`diffusion_factor` (never ``"two_draw"``).
+        momentum_scale: :math:`1/(1-\beta)`.
+        noise_dim: Dimension ``m`` of the Brownian motion of :meth:`diffusion_factor` (``d`` for ``"paper"``).
+        linear: ``(A, F)`` when the model is linear, :math:`dX = -AX\,dt + F\,dW` with constant ``F: (d, m)``; else ``None``.
         deterministic: True when the diffusion vanishes (full-batch methods).
         clip_report: :class:`~sde_sam.diffusion.ClipReport` of the ``paper`` form.
     """
@@ -61,54 +71,38 @@ class SDEModel:
         self.problem, self.method, self.order, self.diffusion = problem, method, order, diffusion
         self.lr = method.lr
         self.eps = method.eps if method.eps is not None else problem.default_eps()
+        self.momentum_scale = 1.0 / (1.0 - float(getattr(method, "momentum", 0.0)))
         self.clip_report = diff.ClipReport()
         self._gen = torch.Generator(device=problem.device).manual_seed(seed)
         self._v_cache: Tensor | None = None
-        self._scale, self._usam_drift, self.linear = 1.0, False, None
-        self.deterministic = False
-        affine = _affine_coefficient(method, order)
-        if isinstance(problem, Quadratic) and affine is None and method.perturbs and (
-                isinstance(method, USAM) or (isinstance(method, UnifiedSAM) and method.lam == 0)):
-            affine = "usam"  # on a quadratic every order of USAM is the order-1 model (no third derivative)
-        draws_all = problem.enumerate_draws()
-        if expectation != "auto" and not (isinstance(expectation, int) and expectation >= 2) and expectation != "enumerate":
-            raise ValueError(f"`expectation` must be 'auto', 'enumerate' or an integer >= 2 (sampled draws), "
-                             f"got expectation={expectation!r}")
-        if expectation == "enumerate" and draws_all is None:
-            raise ValueError(f"`expectation='enumerate'` needs a finite noise law (B=1 finite sum or no noise); "
-                             f"{problem!r} has none")
-        if problem.additive_gaussian and affine is not None and expectation == "auto":
-            self.mode, self._coef = "affine", affine
-            self.deterministic = problem.noise_sqrt is None
-            self.noise_dim = problem.d
-            if isinstance(problem, Quadratic) and affine != "dnsam":
-                self.mode = "linear"
-                c = 0.0 if affine == "sgd" else method.rho
-                eye = torch.eye(problem.d, dtype=problem.dtype, device=problem.device)
-                S = problem.noise_sqrt if problem.noise_sqrt is not None else torch.zeros_like(eye)
-                if diffusion == "paper":  # constant matrix on a quadratic: clip once
-                    M = problem.noise_cov + c * (problem.H @ problem.noise_cov + problem.noise_cov @ problem.H)
-                    F = diff.clipped_factor(M[None], lr=self.lr, report=self.clip_report)[0]
-                else:
-                    F = math.sqrt(self.lr) * (eye + c * problem.H) @ S
-                if self.deterministic:
-                    F = torch.zeros(problem.d, 1, dtype=problem.dtype, device=problem.device)
-                self.linear = (problem.H + c * problem.H @ problem.H, F)
-        elif draws_all is not None and expectation in ("auto", "enumerate"):
-            self.mode, self._draws_all, self.noise_dim = "enumerate", draws_all, draws_all.shape[0]
-            self.deterministic = draws_all.shape[0] == 1
-        elif isinstance(problem, FiniteSum) and not method.perturbs or (isinstance(problem, FiniteSum) and order == 0):
-            # Per-sample gradients stand for mini-batches exactly: Cov = (c_B/B) Cov_i (MATH §3.3).
-            self.mode, self._draws_all = "enumerate", torch.arange(problem.n, device=problem.device)[:, None]
-            self.noise_dim, self._scale = problem.n, problem.noise_scale
-        else:
-            self.mode = "sampled"
-            self.n_draws = expectation if isinstance(expectation, int) else 32
-            self.noise_dim = self.n_draws
-            self._usam_drift = (expectation == "auto" and isinstance(problem, FiniteSum) and order == 1
-                                and _affine_coefficient(method, 1) == "usam")
+        self._plan = expectations.plan(problem, method, order=order, diffusion=diffusion, expectation=expectation)
+        self.mode, self.stateless_mode = self._plan.mode, self._plan.stateless
+        self.deterministic = self._plan.deterministic
+        self.n_draws = self._plan.n_draws
+        self.linear = self._linear() if self.mode == "linear" else None
+
+    def _linear(self) -> tuple[Tensor, Tensor]:
+        """``(A, F)`` of the Ornstein–Uhlenbeck model on a quadratic (MATH §3.4, §3.5)."""
+        p, s = self.problem, self.momentum_scale
+        c = 0.0 if self._plan.affine == "sgd" else self.method.rho
+        eye = torch.eye(p.d, dtype=p.dtype, device=p.device)
         if self.deterministic:
-            self.noise_dim = 1
+            F = torch.zeros(p.d, 1, dtype=p.dtype, device=p.device)
+        elif self.diffusion == "paper":  # constant matrix on a quadratic: clip once
+            M = p.noise_cov + c * (p.H @ p.noise_cov + p.noise_cov @ p.H)
+            F = diff.clipped_factor(M[None], lr=self.lr, report=self.clip_report)[0]
+        else:
+            F = math.sqrt(self.lr) * (eye + c * p.H) @ p.noise_sqrt
+        return s * (p.H + c * p.H @ p.H), s * F
+
+    @property
+    def noise_dim(self) -> int:
+        """Dimension of the Brownian motion of the stateless factor (``problem.d`` may be learnt from ``x0``)."""
+        if self.deterministic:
+            return 1
+        if self.stateless_mode in ("linear", "affine") or self.diffusion == "paper":
+            return self.problem.d
+        return self._plan.draws_all.shape[0] if self.stateless_mode == "enumerate" else self.n_draws
 
     @property
     def label(self) -> str:
@@ -119,22 +113,25 @@ class SDEModel:
                 f"noise_dim={self.noise_dim})")
 
     # -- randomness of one step ----------------------------------------------------------------------
-    def sampler(self, increments: str = "gaussian"):
+    def sampler(self, increments: str = "gaussian", *, mode: str | None = None):
         """``sampler(shape, generator) -> (draws, zeta)``: one solver step's randomness for a block of paths.
 
-        ``zeta: shape + (noise_dim,)`` are standard Gaussian or, for ``increments="two_point"``, ±1 with
-        equal probability (the simplified weak Euler scheme, MATH §4). ``draws`` are the sampled draws
-        (``shape + (n_draws, ...)``) in ``"sampled"`` mode, else an empty tensor.
+        ``zeta: shape + (m,)`` are standard Gaussian or, for ``increments="two_point"``, ±1 with equal
+        probability (the simplified weak Euler scheme, MATH §4); ``m = 1`` in the two-draw scheme, else
+        :attr:`noise_dim`. ``draws`` are ``shape + (2, ...)`` (two-draw) or ``shape + (K, ...)`` (sampled) draws,
+        else an empty tensor.
         """
-        p, m = self.problem, self.noise_dim
+        p = self.problem
+        mode = mode or self.mode
+        m = 1 if mode == "two_draw" else self.noise_dim
+        k = 2 if mode == "two_draw" else self.n_draws if mode == "sampled" else None
 
         def sample(shape, gen):
             if increments == "two_point":
                 zeta = torch.randint(0, 2, (*shape, m), generator=gen, device=p.device).to(p.dtype).mul_(2).sub_(1)
             else:
                 zeta = torch.randn(*shape, m, generator=gen, dtype=p.dtype, device=p.device)
-            draws = (p.sample_draws((*shape, self.n_draws), gen) if self.mode == "sampled"
-                     else torch.empty(*shape, 0, device=p.device))
+            draws = p.sample_draws((*shape, k), gen) if k else torch.empty(*shape, 0, device=p.device)
             return draws, zeta
 
         return sample
@@ -153,24 +150,27 @@ class SDEModel:
         return power_iteration(lambda u: self.problem.hvp(x, u), v, self.method.power_iters, self.eps)
 
     # -- drift and noise -----------------------------------------------------------------------------
-    def _draw_values(self, x: Tensor, draws: Tensor | None, v: Tensor | None):
-        """``(g, G, G_noise)`` each ``(n, N, d)`` over the enumerated or sampled draws."""
+    def _draw_values(self, x: Tensor, draws: Tensor | None, v: Tensor | None, mode: str):
+        """``(g, G, G_noise)``, each ``(n, N, d)``, over the enumerated, sampled or two draws of each path."""
         n, d = x.shape
-        if self.mode == "enumerate":
-            N = self._draws_all.shape[0]
-            flat = self._draws_all.repeat(n, *([1] * (self._draws_all.ndim - 1)))
+        if mode == "enumerate":
+            N = self._plan.draws_all.shape[0]
+            flat = self._plan.draws_all.repeat(n, *([1] * (self._plan.draws_all.ndim - 1)))
         else:
             N = draws.shape[1]
             flat = draws.flatten(0, 1)
         xr = x.repeat_interleave(N, dim=0)
         vr = v.repeat_interleave(N, dim=0) if v is not None else None
-        vals = effective_grads(self.problem, self.method, xr, flat, order=self.order, eps=self.eps, v=vr)
+        # DNSAM's full-batch gradient: once per path, shared by its draws.
+        full = self.problem.grad(x).repeat_interleave(N, dim=0) if self.method.uses_full_grad else None
+        vals = effective_grads(self.problem, self.method, xr, flat, order=self.order, eps=self.eps, v=vr,
+                               full_grad=full)
         return tuple(t.view(n, N, d) for t in vals)
 
     def _affine_c(self, x: Tensor) -> Tensor | float:
-        if self._coef == "sgd":
+        if self._plan.affine == "sgd":
             return 0.0
-        if self._coef == "usam":
+        if self._plan.affine == "usam":
             return self.method.rho
         norm = torch.linalg.vector_norm(self.problem.grad(x), dim=-1).clamp_min(self.eps)
         return (self.method.rho / norm).unsqueeze(-1)
@@ -183,11 +183,20 @@ class SDEModel:
         c = c if isinstance(c, float) else c.unsqueeze(-1)
         return Sigma + c * (HS + HS.transpose(1, 2))
 
-    def terms(self, x: Tensor, rand, v: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Drift ``b(x)`` and noise ``F(x) zeta`` for one step, both ``(n, d)``; ``rand`` from :meth:`sampler`."""
+    def terms(self, x: Tensor, rand, v: Tensor | None, *, dt: float | None = None,
+              mode: str | None = None) -> tuple[Tensor, Tensor]:
+        """Drift ``b`` and noise ``N`` of one step, both ``(n, d)``: :math:`X' = X + b\\,\\Delta t + \\sqrt{\\Delta t}\\,N`.
+
+        ``rand`` comes from :meth:`sampler` (of the same ``mode``); ``dt`` is needed by the two-draw scheme.
+        """
+        drift, noise = self._terms(x, rand, v, dt, mode or self.mode)
+        s = self.momentum_scale
+        return (drift, noise) if s == 1.0 else (s * drift, s * noise)
+
+    def _terms(self, x: Tensor, rand, v: Tensor | None, dt: float | None, mode: str) -> tuple[Tensor, Tensor]:
         draws, zeta = rand
         p = self.problem
-        if self.mode in ("linear", "affine"):
+        if mode in ("linear", "affine"):
             g = p.grad(x)
             c = self._affine_c(x)
             drift = -g if isinstance(c, float) and c == 0.0 else -(g + c * p.hvp(x, g))
@@ -199,21 +208,27 @@ class SDEModel:
             z = zeta @ p.noise_sqrt.T
             noise = z if isinstance(c, float) and c == 0.0 else z + c * p.hvp(x, z)
             return drift, math.sqrt(self.lr) * noise
-        g, G, Gn = self._draw_values(x, draws, v)
-        drift = usam_minibatch_drift(p, x, self.method.rho) if self._usam_drift else -G.mean(dim=1)
+        g, G, Gn = self._draw_values(x, draws, v, mode)
+        if mode == "two_draw":  # MATH §4.1; sqrt(dt) * noise is the scheme's noise term
+            if dt is None or not 0 < dt < self.lr:
+                raise ValueError(f"the two-draw scheme needs 0 < dt < lr={self.lr}, got dt={dt}")
+            return -G[:, 0], math.sqrt((self.lr - dt) / 2) * (Gn[:, 0] - Gn[:, 1]) * zeta
+        drift = usam_minibatch_drift(p, x, self.method.rho) if self._plan.usam_drift else -G.mean(dim=1)
         if self.deterministic:
             return drift, torch.zeros_like(x)
-        exact = self.mode == "enumerate"
+        return drift, (self._factor(g, Gn, mode) @ zeta[..., : self.noise_dim].unsqueeze(-1)).squeeze(-1)
+
+    def _factor(self, g: Tensor, Gn: Tensor, mode: str) -> Tensor:
+        exact = mode == "enumerate"
         if self.diffusion == "paper":
-            M = diff.paper_matrix(g, Gn, exact=exact, scale=self._scale)
-            F = diff.clipped_factor(M, lr=self.lr, report=self.clip_report)
-        else:
-            F = diff.centred_factor(Gn, lr=self.lr, exact=exact, scale=self._scale)
-        return drift, (F @ zeta[..., : F.shape[-1]].unsqueeze(-1)).squeeze(-1)
+            M = diff.paper_matrix(g, Gn, exact=exact, scale=self._plan.scale)
+            return diff.clipped_factor(M, lr=self.lr, report=self.clip_report)
+        return diff.centred_factor(Gn, lr=self.lr, exact=exact, scale=self._plan.scale)
 
     # -- the stateless public interface (and torchsde's) ---------------------------------------------
     def _stateless(self, x: Tensor):
-        draws = self.sampler()((x.shape[0],), self._gen)[0] if self.mode == "sampled" else None
+        mode = self.stateless_mode
+        draws = self.sampler(mode=mode)((x.shape[0],), self._gen)[0] if mode == "sampled" else None
         v = None
         if self.method.uses_eigenvector:  # warm start from the last call when shapes match
             if self._v_cache is None or self._v_cache.shape != x.shape:
@@ -225,33 +240,30 @@ class SDEModel:
         return draws, v
 
     def drift(self, x: Tensor) -> Tensor:
-        """:math:`b(x) = -\\mathbb E_\\gamma G^{(r)}_\\gamma(x)`: ``(n, d) -> (n, d)``."""
+        """:math:`b(x) = -\\mathbb E_\\gamma G^{(r)}_\\gamma(x)/(1-\\beta)`: ``(n, d) -> (n, d)``."""
         draws, v = self._stateless(x)
         zeta = torch.zeros(x.shape[0], self.noise_dim, dtype=x.dtype, device=x.device)
-        return self.terms(x, (draws, zeta), v)[0]
+        return self.terms(x, (draws, zeta), v, mode=self.stateless_mode)[0]
 
     def diffusion_factor(self, x: Tensor) -> Tensor:
-        """:math:`F(x)` with :math:`FF^\\top = \\eta\\,\\mathrm{Cov}` (or the clipped paper matrix): ``(n, d, m)``."""
+        """:math:`F(x)` with :math:`FF^\\top = \\eta\\,\\mathrm{Cov}/(1-\\beta)^2` (or the clipped paper matrix): ``(n, d, m)``."""
         n, d = x.shape
+        s = self.momentum_scale
         if self.deterministic:
             return x.new_zeros(n, d, 1)
         if self.linear is not None:
             return self.linear[1].expand(n, d, self.noise_dim)
-        if self.mode in ("linear", "affine"):
+        if self.stateless_mode == "affine":
             c = self._affine_c(x)
             if self.diffusion == "paper":
-                return diff.clipped_factor(self._affine_matrix(x, c), lr=self.lr, report=self.clip_report)
+                return s * diff.clipped_factor(self._affine_matrix(x, c), lr=self.lr, report=self.clip_report)
             S = self.problem.noise_sqrt
             HS = self.problem.hvp(x.repeat_interleave(d, 0), S.T.repeat(n, 1)).view(n, d, d).transpose(1, 2)
             c = c if isinstance(c, float) else c.unsqueeze(-1)
-            return math.sqrt(self.lr) * (S + c * HS)
+            return s * math.sqrt(self.lr) * (S + c * HS)
         draws, v = self._stateless(x)
-        g, _, Gn = self._draw_values(x, draws, v)
-        exact = self.mode == "enumerate"
-        if self.diffusion == "paper":
-            return diff.clipped_factor(diff.paper_matrix(g, Gn, exact=exact, scale=self._scale), lr=self.lr,
-                                       report=self.clip_report)
-        return diff.centred_factor(Gn, lr=self.lr, exact=exact, scale=self._scale)
+        g, _, Gn = self._draw_values(x, draws, v, self.stateless_mode)
+        return s * self._factor(g, Gn, self.stateless_mode)
 
     def f(self, t, y: Tensor) -> Tensor:
         """torchsde drift."""
@@ -259,24 +271,25 @@ class SDEModel:
 
     def g(self, t, y: Tensor) -> Tensor:
         """torchsde diffusion, ``(n, d, m)`` (general noise)."""
-        F = self.diffusion_factor(y)
-        if F.shape[-1] < self.noise_dim:  # paper form is (d, d); pad to the declared noise dimension
-            F = torch.nn.functional.pad(F, (0, self.noise_dim - F.shape[-1]))
-        return F
+        return self.diffusion_factor(y)
 
 
 def sde_model(problem: Problem, method: Method, *, order=1, diffusion: str = "factor", expectation="auto",
               seed: int = 0) -> SDEModel:
-    r"""The SDE model of ``method`` on ``problem`` (MATH §3).
+    r"""The SDE model of ``method`` on ``problem`` (MATH §3; momentum methods MATH §3.5).
 
     Args:
-        problem: Objective and noise model.
-        method: Any of the six methods.
+        problem: Objective and noise model. A problem without ``d`` (a ``FiniteSum`` built without it) learns
+            ``d`` from the first ``x0`` it meets.
+        method: Any method; its ``momentum`` rescales the model to the effective rate :math:`\eta/(1-\beta)`.
         order: ``0`` (the SGD SDE, the same for every method), ``1`` (first-order SDEs, Compagnoni et al.),
             ``2`` (third-order SDE, Luo et al.; adds :math:`\tfrac12\mathbb E\nabla^3 f_\gamma[\varepsilon,\varepsilon]`)
             or ``"exact"`` (drift :math:`\mathbb E G_\gamma`, no truncation; valid for any :math:`\rho`).
         diffusion: ``"factor"`` (PSD, default) or ``"paper"`` (as written, eigen-clipped; see :mod:`sde_sam.diffusion`).
-        expectation: ``"auto"``, ``"enumerate"`` or an integer ``K >= 2`` of sampled draws per evaluation.
+        expectation: How expectations over draws are formed (:mod:`sde_sam.expectations`): ``"auto"``
+            (closed form, else the two-draw weak scheme of MATH §4.1 where it is cheaper, else exact
+            enumeration or ``K = 32`` sampled draws), ``"two_draw"``, ``"enumerate"`` (exact; finite noise laws)
+            or an integer ``K >= 2`` of sampled draws per evaluation. The two-draw scheme needs ``dt < lr``.
         seed: Seed of the model's own generator, used only by the stateless :meth:`SDEModel.drift`,
             :meth:`SDEModel.diffusion_factor` (and torchsde) when draws are sampled.
 
@@ -298,6 +311,5 @@ def sde_model(problem: Problem, method: Method, *, order=1, diffusion: str = "fa
     check_order(order)
     if diffusion not in DIFFUSIONS:
         raise ValueError(f"`diffusion` must be one of {DIFFUSIONS}, got diffusion={diffusion!r}")
-    if problem.d is None:
-        raise ValueError("the problem's `d` is unknown; pass d=... to FiniteSum to build its SDE model")
+    expectations.check_expectation(expectation)
     return SDEModel(problem, method, order=order, diffusion=diffusion, expectation=expectation, seed=seed)

@@ -5,6 +5,9 @@ r"""Batched Euler–Maruyama for the SDE models, all paths at once (MATH §4).
 with :math:`\zeta_n` standard Gaussian (default) or, for weak-error work, two-point :math:`\pm1` increments
 (the simplified weak Euler scheme of Kloeden & Platen: weak order 1, and random bits are cheaper than
 Gaussian draws). Linear models (Ornstein–Uhlenbeck) take a fused fast path: one ``addmm`` per step.
+Models whose step is the two-draw weak scheme (MATH §4.1, :class:`~sde_sam.sde.SDEModel`) take the same
+update with the scheme's drift and noise terms: a weak scheme (the paths are not Brownian-driven), which
+needs ``dt < lr``.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ class EulerMaruyama:
             return linear_step
 
         def step(x: Tensor, rand, v, k: int):
-            drift, noise = sde.terms(x, rand, v)
+            drift, noise = sde.terms(x, rand, v, dt=dt)
             x_next = x + dt * drift + sqrt_dt * noise
             return x_next, sde.update_state(x_next, v), None
 
@@ -93,6 +96,9 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
         raise ValueError(f"`backend` must be one of {BACKENDS}, got backend={backend!r}")
     _checks.positive_int("record_every", record_every)
     max_norm = _checks.max_norm(max_norm)
+    if sde.mode == "two_draw" and dt >= sde.lr:
+        raise ValueError(f"the two-draw weak scheme (MATH §4.1) needs dt < lr, got dt={dt}, lr={sde.lr}; use a "
+                         "smaller dt, or sde_model(..., expectation='enumerate' or an integer K)")
     if dt >= sde.lr:
         warnings.warn(f"dt={dt} >= lr={sde.lr}: Euler–Maruyama at dt >= lr cannot separate the SDE from the "
                       "discrete method in a weak-error comparison (MATH §4); use dt <= lr/10", stacklevel=2)

@@ -1,7 +1,9 @@
-"""The ``sde-sam`` command: one subcommand per study.
+"""The ``sde-sam`` command (also ``python -m sde_sam``): one subcommand per study.
 
 Each subcommand is registered by a function ``add(subparsers)`` in :data:`COMMANDS` that builds its parser
-and sets ``handler`` (``args -> exit code``); adding a study means writing one such function.
+and sets ``handler`` (``args -> exit code``); adding a study means writing one such function. Wrong input
+ends the command with a one-line message and exit status 2, as argparse does for its own errors: argument
+types check values as typed, and a handler raises :class:`UsageError` for what only the run can detect.
 
 Example:
     $ sde-sam weak-error --problem quadratic --method usam --lrs 0.05,0.025,0.0125 --rho 0.5 --rho-power 0.5
@@ -9,8 +11,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,11 +24,49 @@ import torch
 PROBLEMS = ("quadratic", "saddle", "linear_regression", "teacher_student")
 
 
+class UsageError(Exception):
+    """Wrong input found while running a subcommand: printed as ``sde-sam <command>: error: ...``, exit 2."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` only where there is a value to show (not for ``None`` or flags)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _lrs(text: str) -> list[float]:
+    """Learning rates: comma-separated, finite, > 0, distinct, at least two (a slope needs two points)."""
+    lrs = _floats(text)
+    if not all(math.isfinite(v) and v > 0 for v in lrs):
+        raise argparse.ArgumentTypeError(f"learning rates must be finite and > 0, got {text!r}")
+    if len(set(lrs)) != len(lrs):
+        raise argparse.ArgumentTypeError(f"learning rates must be distinct, got {text!r}")
+    if len(lrs) < 2:
+        raise argparse.ArgumentTypeError(f"need at least two learning rates to fit an order, got {text!r}")
+    return lrs
+
+
+def _number(minimum: float, *, strict: bool = False, integer: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number ``>= minimum`` (``> minimum`` if ``strict``), reported as typed."""
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if integer else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum:g}, got {text}")
+        return value
+    return parse
 
 
 def _orders(text: str) -> list:
@@ -58,6 +101,11 @@ def _problem(args) -> tuple:
     return prob, prob.x_init
 
 
+def _power_rho(c: float, p: float, lr: float) -> float:
+    """``rho = c * lr**p``."""
+    return c * lr**p
+
+
 def _method(args):
     from .methods import METHODS, SGD, EigenSAM, UnifiedSAM
 
@@ -66,7 +114,7 @@ def _method(args):
         return cls(args.lrs[0]), None
     kwargs = {"lam": args.lam} if cls is UnifiedSAM else {"alpha": args.alpha} if cls is EigenSAM else {}
     c, p = args.rho, args.rho_power
-    rho = c if p == 0 else (lambda lr: c * lr**p)
+    rho = c if p == 0 else functools.partial(_power_rho, c, p)  # a partial, not a lambda: it pickles
     return cls(args.lrs[0], rho=c * args.lrs[0] ** p, **kwargs), rho
 
 
@@ -75,53 +123,102 @@ def _add_weak_error(sub) -> None:
 
     p = sub.add_parser(
         "weak-error", help="weak error of a method against its SDE models, with the fitted order",
-        description="Run a weak-error study (MATH §5): max-over-time gap between the discrete method and "
-                    "each SDE model for every lr, the fitted order with a 95%% CI, a log-log figure and the "
-                    "data. The defaults are a demo: USAM on f = ½xᵀdiag(1, 4)x with Σ = I, rho = 0.5·√lr, "
-                    "orders 0 and 1 (expect slopes 1/2 and 1), x0 = (½, ½), horizon ½.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Run a weak-error study (docs/math.md §5): the max-over-time gap between the discrete "
+                    "method and each SDE model for every lr, the fitted order with a 95% CI, a log-log figure "
+                    "and the data. The defaults are a demo: USAM on f = ½xᵀdiag(1, 4)x with Σ = I, "
+                    "rho = 0.5·√lr, orders 0 and 1 (expect slopes 1/2 and 1), x0 = (½, ½), horizon ½. "
+                    "Like the Python API (ss.weak_error(mode='auto')), --mode auto uses exact moments where the "
+                    "model is linear-Gaussian (SGD or USAM on the quadratic; --paths is then not used) and "
+                    "Monte Carlo elsewhere; --mode monte_carlo forces simulation.",
+        formatter_class=_HelpFormatter)
     p.add_argument("--problem", choices=PROBLEMS, default="quadratic",
-                   help="quadratic: diag(1, 4), x0 = (1/2, 1/2); saddle: diag(1, -1); linear_regression: n=32, d=4; "
-                        "teacher_student: n=16, d_in=2, width=2 (mini-batch size 1)")
-    p.add_argument("--method", choices=sorted(METHODS), default="usam")
-    p.add_argument("--lrs", type=_floats, default=[0.1, 0.05, 0.025, 0.0125], help="comma-separated")
-    p.add_argument("--rho", type=float, default=0.5, help="rho = RHO * lr**RHO_POWER")
-    p.add_argument("--rho-power", type=float, default=0.5, help="0 for a fixed rho")
-    p.add_argument("--lam", type=float, default=0.5, help="Unified SAM's lambda")
-    p.add_argument("--alpha", type=float, default=0.2, help="Eigen-SAM's alpha")
-    p.add_argument("--noise", type=float, default=1.0, help="noise covariance sigma² (quadratic, saddle)")
-    p.add_argument("--horizon", type=float, default=0.5, help="time horizon T (SDE time t = k·lr)")
-    p.add_argument("--paths", type=int, default=20_000, help="paths per simulation (Monte Carlo)")
-    p.add_argument("--orders", type=_orders, default=[0, 1], help="SDE model orders among 0, 1, 2, exact")
+                   help="quadratic: diag(1, 4), x0 = (1/2, 1/2); saddle: diag(1, -1), x0 = (1, 0.1); "
+                        "linear_regression: n=32, d=4; teacher_student: n=16, d_in=2, width=2 "
+                        "(mini-batch size 1)")
+    p.add_argument("--method", choices=sorted(METHODS), default="usam", help="the discrete method")
+    p.add_argument("--lrs", type=_lrs, default="0.1,0.05,0.025,0.0125",
+                   help="learning rates, comma-separated (at least two)")
+    p.add_argument("--rho", type=_number(0), default=0.5, help="rho = RHO * lr**RHO_POWER")
+    p.add_argument("--rho-power", type=_number(0), default=0.5, help="0 for a fixed rho")
+    p.add_argument("--lam", type=_number(0), default=0.5, help="Unified SAM's lambda, in [0, 1]")
+    p.add_argument("--alpha", type=_number(0), default=0.2, help="Eigen-SAM's alpha")
+    p.add_argument("--noise", type=_number(0), default=1.0,
+                   help="gradient-noise covariance sigma² (quadratic and saddle only)")
+    p.add_argument("--horizon", type=_number(0, strict=True), default=0.5,
+                   help="time horizon T on the SDE scale t = k·lr")
+    p.add_argument("--paths", type=_number(2, integer=True), default=20_000,
+                   help="paths per simulation (Monte-Carlo mode)")
+    p.add_argument("--orders", type=_orders, default="0,1", help="SDE model orders among 0, 1, 2, exact")
     p.add_argument("--test-functions", type=_names, default=None,
-                   help="comma-separated, default loss,x_norm_sq,grad_norm_plus_x_norm")
-    p.add_argument("--mode", choices=("monte_carlo", "auto", "exact"), default="monte_carlo",
-                   help="auto picks exact moments for SGD/USAM on a quadratic")
-    p.add_argument("--dt-ratio", type=int, default=10, help="lr / dt of the SDE solver")
-    p.add_argument("--record-every", type=int, default=None, help="discrete steps between compared times")
-    p.add_argument("--no-solver-check", action="store_true", help="skip the dt/2 re-run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("results/weak_error"),
-                   help="output folder (cells are saved as they finish; a rerun resumes)")
-    p.set_defaults(handler=_run_weak_error)
+                   help="comma-separated names (default: loss,x_norm_sq,grad_norm_plus_x_norm; exact mode: "
+                        "loss,x_norm_sq)")
+    p.add_argument("--mode", choices=("auto", "exact", "monte_carlo"), default="auto",
+                   help="auto: exact moments for SGD/USAM on the quadratic, Monte Carlo otherwise")
+    p.add_argument("--dt-ratio", type=_number(1, integer=True), default=10, help="lr / dt of the SDE solver")
+    p.add_argument("--record-every", type=_number(1, integer=True), default=None,
+                   help="discrete steps between compared times (default: every step in exact mode, "
+                        "about 100 times per run in Monte Carlo)")
+    p.add_argument("--no-solver-check", action="store_true", help="skip the re-run of every model at dt/2")
+    if _weak_error_accepts("coupling"):
+        p.add_argument("--coupling", action="store_true",
+                       help="drive discrete runs and SDE paths from the same Gaussian draws (additive Gaussian "
+                            "noise only: quadratic and saddle): smaller standard errors")
+    p.add_argument("--seed", type=_number(0, integer=True), default=0,
+                   help="random seed; every (lr, model) cell derives its own stream from it")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: results/weak_error/PROBLEM_METHOD); cells are saved as they "
+                        "finish and a rerun with the same settings resumes")
+    p.set_defaults(handler=_run_weak_error, parser=p)
+
+
+def _weak_error_accepts(name: str) -> bool:
+    """Whether :func:`sde_sam.weak_error` takes the keyword ``name`` (features that land later)."""
+    import inspect
+
+    from .weak_error import weak_error
+
+    return name in inspect.signature(weak_error).parameters
+
+
+def _study(weak_error, args, problem, x0, method, rho, out: Path, extra: dict):
+    """Run the study; input errors the API reports become :class:`UsageError` naming the CLI's flags."""
+    try:
+        study = weak_error(problem, method, lrs=args.lrs, horizon=args.horizon, x0=x0, n_paths=args.paths,
+                           seed=args.seed, test_functions=args.test_functions, sde_order=args.orders, rho=rho,
+                           dt_ratio=args.dt_ratio, mode=args.mode, record_every=args.record_every,
+                           solver_check=not args.no_solver_check, results_dir=out, progress=None, **extra)
+    except ValueError as err:
+        text = str(err)
+        if text.startswith("`results_dir`"):  # the folder holds another study: name the flag the user sets
+            raise UsageError(f"argument --out: {out} holds a study with other settings "
+                             f"({text.partition('(')[2].partition(')')[0] or 'see config.json'}); "
+                             f"pass another --out, or delete {out}") from None
+        if text.startswith("`"):  # the API's input checks name the argument in backticks
+            raise UsageError(text.replace("\n", " ")) from None
+        raise
+    return study
 
 
 def _run_weak_error(args) -> int:
     from .weak_error import weak_error
 
+    if args.method == "unifiedsam" and args.lam > 1:
+        raise UsageError(f"argument --lam: must be in [0, 1], got {args.lam:g}")
+    out = args.out if args.out is not None else Path("results", "weak_error", f"{args.problem}_{args.method}")
     t0 = time.perf_counter()
     problem, x0 = _problem(args)
     method, rho = _method(args)
-    study = weak_error(problem, method, lrs=args.lrs, horizon=args.horizon, x0=x0, n_paths=args.paths,
-                       seed=args.seed, test_functions=args.test_functions, sde_order=args.orders, rho=rho,
-                       dt_ratio=args.dt_ratio, mode=args.mode, record_every=args.record_every,
-                       solver_check=not args.no_solver_check, results_dir=args.out, progress=None)
+    extra = {"coupling": True} if getattr(args, "coupling", False) else {}
+    with warnings.catch_warnings():
+        if args.test_functions is None:  # the defaults per mode are in --help: no warning for dropping one
+            warnings.filterwarnings("ignore", message="exact mode has closed forms only")
+        study = _study(weak_error, args, problem, x0, method, rho, out, extra)
     summary = study.summary()
-    figure = args.out / "weak_error.png"
+    figure = out / "weak_error.png"
     study.plot().savefig(figure, dpi=150)
-    (args.out / "summary.txt").write_text(summary + "\n")
+    (out / "summary.txt").write_text(summary + "\n")
     print(summary)
-    print(f"\nwrote {figure}, {args.out / 'table.csv'}, {args.out / 'config.json'} "
+    print(f"\nwrote {figure}, {out / 'table.csv'}, {out / 'config.json'} "
           f"({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -137,22 +234,42 @@ COMMANDS: list[Callable] = [_add_weak_error, _add_reproduce]
 """Subcommand registrars ``add(subparsers)``; each sets ``handler`` on its parser."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sde-sam", description="SDE models of SAM: studies from the command line.")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is fastest for small d on a busy machine)")
+def build_parser(prog: str = "sde-sam") -> argparse.ArgumentParser:
+    """The ``sde-sam`` argument parser with every subcommand of :data:`COMMANDS`."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog=prog, description="SDE models of SAM: studies from the command line. "
+                                     "Documentation: docs/ in the repository (mkdocs serve).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--threads", type=_number(1, integer=True), default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is fastest for small d on a busy "
+                             "machine)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sde-sam`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "sde-sam") -> int:
+    """Entry point of the ``sde-sam`` console script; returns the exit code.
+
+    Wrong input exits with status 2 and a one-line message (``SystemExit``), as argparse does.
+    """
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    return args.handler(args)
+    with warnings.catch_warnings():  # restores the process's warning display on exit
+        warnings.showwarning = functools.partial(_show_warning, parser.prog)
+        try:
+            return args.handler(args)
+        except UsageError as err:
+            getattr(args, "parser", parser).error(str(err))
+
+
+def _show_warning(prog, message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, ``sde-sam: warning: ...``, without the source line that raised them."""
+    print(f"{prog}: warning: {message}", file=sys.stderr if file is None else file)
 
 
 if __name__ == "__main__":

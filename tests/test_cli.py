@@ -1,7 +1,10 @@
-"""The ``sde-sam`` command: parsing, a tiny weak-error study end to end, resuming, and argument errors."""
+"""The ``sde-sam`` command: parsing, a tiny weak-error study end to end, resuming, and argument errors
+(one-line messages, exit status 2, values as typed), in process and through real subprocesses."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -9,7 +12,7 @@ import pytest
 from sde_sam import cli
 
 TINY = ["weak-error", "--lrs", "0.1,0.05", "--horizon", "0.2", "--paths", "1024", "--orders", "0,1",
-        "--test-functions", "loss,x_norm_sq"]
+        "--test-functions", "loss,x_norm_sq", "--mode", "monte_carlo"]
 
 
 def test_weak_error_runs_and_writes_files(tmp_path, capsys):
@@ -32,7 +35,8 @@ def test_weak_error_runs_and_writes_files(tmp_path, capsys):
 
 def test_weak_error_exact_mode_fixed_rho_and_other_methods(tmp_path, capsys):
     out = tmp_path / "exact"
-    assert cli.main([*TINY, "--mode", "auto", "--rho-power", "0", "--rho", "0.1", "--out", str(out)]) == 0
+    exact = [a for a in TINY if a not in ("--mode", "monte_carlo")]  # the default mode is auto, as in the API
+    assert cli.main([*exact, "--rho-power", "0", "--rho", "0.1", "--out", str(out)]) == 0
     assert "(exact)" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["mode"] == "exact" and config["rho_spec"] == "rho = 0.1"
@@ -59,3 +63,83 @@ def test_help_lists_the_subcommands(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--help"])
     assert info.value.code == 0 and "weak-error" in capsys.readouterr().out
+
+
+def _cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sde_sam", *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["weak-error", "--paths", "0"], "argument --paths: must be >= 2, got 0"),
+    (["--threads", "0", "weak-error"], "argument --threads: must be >= 1, got 0"),
+    (["weak-error", "--rho", "-1"], "argument --rho: must be >= 0, got -1"),
+    (["weak-error", "--rho", "-0.50"], "argument --rho: must be >= 0, got -0.50"),  # as typed, not the derived rho
+    (["weak-error", "--lrs", "0.1,-0.05"], "argument --lrs: learning rates must be finite and > 0, got '0.1,-0.05'"),
+    (["weak-error", "--lrs", "0.1,0.1"], "argument --lrs: learning rates must be distinct, got '0.1,0.1'"),
+    (["weak-error", "--lrs", "0.1"], "argument --lrs: need at least two learning rates to fit an order, got '0.1'"),
+    (["weak-error", "--lrs", "0.1,x"], "argument --lrs: expected comma-separated numbers, got '0.1,x'"),
+    (["weak-error", "--horizon", "0"], "argument --horizon: must be > 0, got 0"),
+    (["weak-error", "--paths", "2.5"], "argument --paths: expected an integer, got '2.5'"),
+    (["weak-error", "--method", "unifiedsam", "--lam", "2"], "argument --lam: must be in [0, 1], got 2"),
+    (["weak-error", "--lrs", "0.1,0.05", "--horizon", "0.07"], "`horizon` must be >= the largest lr"),
+])
+def test_errors_are_one_line_messages_with_exit_status_2(argv, message):
+    result = _cli(*argv)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m sde_sam") and ": error: " in last and message in last, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_results_folder_clash_names_out(tmp_path):
+    out = tmp_path / "we"
+    tiny = ["weak-error", "--lrs", "0.1,0.05", "--horizon", "0.1", "--test-functions", "loss", "--orders", "0",
+            "--no-solver-check", "--mode", "monte_carlo", "--out", str(out)]
+    assert _cli(*tiny, "--paths", "64").returncode == 0
+    result = _cli(*tiny, "--paths", "128")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"argument --out: {out} holds a study with other settings" in last and "n_paths" in last
+    assert "pass another --out" in last
+
+
+def test_default_output_folder_per_problem_and_method(tmp_path):
+    result = _cli("--threads", "1", "weak-error", "--lrs", "0.1,0.05", "--horizon", "0.1", "--orders", "0,1",
+                  "--no-solver-check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "results" / "weak_error" / "quadratic_usam" / "table.csv").exists()
+    assert "(exact)" in result.stdout  # mode auto, as in the API: USAM on a quadratic is linear-Gaussian
+    assert "warning" not in result.stderr  # the exact mode's default test functions need no warning
+    other = _cli("--threads", "1", "weak-error", "--method", "sgd", "--lrs", "0.1,0.05", "--horizon", "0.1",
+                 "--orders", "0", "--no-solver-check", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert (tmp_path / "results" / "weak_error" / "quadratic_sgd" / "table.csv").exists()
+
+
+def test_version_and_module_entry_point():
+    import sde_sam
+
+    result = _cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"python -m sde_sam {sde_sam.__version__}"
+
+
+def test_help_texts_complete(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["weak-error", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert info.value.code == 0
+    assert "95% CI" in text and "%%" not in text and "(default: None)" not in text
+    assert "the discrete method (default: usam)" in text
+    assert "--seed SEED" in text and "random seed" in text
+    assert "(default: auto)" in text  # the API's default mode
+    import inspect
+
+    from sde_sam.weak_error import weak_error
+    api = inspect.signature(weak_error).parameters
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["weak-error"]
+    defaults = {a.dest: a.default for a in sub._actions}
+    assert defaults["mode"] == api["mode"].default
+    assert int(defaults["paths"]) == api["n_paths"].default and int(defaults["seed"]) == api["seed"].default
+    assert int(defaults["dt_ratio"]) == api["dt_ratio"].default

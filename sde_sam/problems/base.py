@@ -17,6 +17,10 @@ class Problem(abc.ABC):
     (a Gaussian noise vector, or mini-batch indices) is a tensor whose leading dim is ``n_paths``; within a
     step the same draw is used at the current and at the perturbed point.
 
+    The single-path maps :meth:`grad_single` and :meth:`stochastic_grad_single` (one point ``(d,)``, one draw)
+    are ``torch.func``-traceable; higher derivatives are taken of them, with the path ``vmap`` outside the
+    forward-mode derivative (:mod:`sde_sam.autodiff`).
+
     Attributes:
         d: Number of parameters.
         dtype: Floating dtype of the problem's tensors; states must match it.
@@ -39,9 +43,13 @@ class Problem(abc.ABC):
     def grad(self, x: Tensor) -> Tensor:
         """Full gradient per path: ``(n, d) -> (n, d)``."""
 
+    @abc.abstractmethod
+    def grad_single(self, x1: Tensor) -> Tensor:
+        """Full gradient at one point, unbatched and ``torch.func``-traceable: ``(d,) -> (d,)``."""
+
     def hvp(self, x: Tensor, v: Tensor) -> Tensor:
         """Full Hessian times ``v`` per path: ``(n, d), (n, d) -> (n, d)``."""
-        return autodiff.hvp(self.grad, x, v)
+        return autodiff.hvp(self.grad_single, x, v)
 
     # -- the noise model -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -52,9 +60,13 @@ class Problem(abc.ABC):
     def stochastic_grad(self, x: Tensor, draws: Tensor) -> Tensor:
         r""":math:`\nabla f_{\gamma_p}(x_p)` per path: ``(n, d), (n, ...) -> (n, d)``."""
 
+    @abc.abstractmethod
+    def stochastic_grad_single(self, x1: Tensor, draw1: Tensor) -> Tensor:
+        r""":math:`\nabla f_\gamma(x)` at one point for one draw, unbatched and traceable: ``(d,), (...) -> (d,)``."""
+
     def stochastic_hvp(self, x: Tensor, v: Tensor, draws: Tensor) -> Tensor:
         r""":math:`\nabla^2 f_{\gamma_p}(x_p)\, v_p` per path."""
-        return autodiff.hvp(lambda y: self.stochastic_grad(y, draws), x, v)
+        return autodiff.hvp(self.stochastic_grad_single, x, v, draws)
 
     def enumerate_draws(self) -> Tensor | None:
         """All draws, equally likely, when the noise law is a small finite uniform set; else ``None``.

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
-from .. import _checks
+from .. import _checks, autodiff
 from .base import Problem
 
 Data = Tensor | tuple[Tensor, ...]
@@ -62,14 +62,17 @@ class FiniteSum(Problem):
         self.data = data if isinstance(data, Tensor) else tuple(tensors)
         self.loss_fn = loss_fn
 
-        def batch_loss(x: Tensor, batch: Data) -> Tensor:
-            return vmap(loss_fn, in_dims=(None, 0))(x, batch).mean()
+    # Per-path evaluation: full-batch quantities also go through per-path data (an expanded view, no copy);
+    # sharing the data across paths would fuse all paths into one GEMM whose rounding depends on how many
+    # paths there are. Bound methods (no closures) keep the problem picklable.
+    def _batch_loss(self, x1: Tensor, batch: Data) -> Tensor:
+        return vmap(self.loss_fn, in_dims=(None, 0))(x1, batch).mean()
 
-        # Full-batch quantities also go through per-path data (an expanded view, no copy): sharing the data
-        # across paths would fuse all paths into one GEMM whose rounding depends on how many paths there are.
-        self._loss = vmap(batch_loss)
-        self._batch_grad = vmap(grad(batch_loss))
-        self._per_sample = vmap(vmap(grad(loss_fn), in_dims=(None, 0)))
+    def _batch_grad(self, x1: Tensor, batch: Data) -> Tensor:
+        return grad(self._batch_loss)(x1, batch)
+
+    def _per_sample_single(self, x1: Tensor, batch: Data) -> Tensor:
+        return vmap(grad(self.loss_fn), in_dims=(None, 0))(x1, batch)
 
     @property
     def noise_scale(self) -> float:
@@ -78,18 +81,25 @@ class FiniteSum(Problem):
         return c / self.batch_size
 
     def _per_path_data(self, n_paths: int) -> Data:
-        expand = lambda t: t.expand(n_paths, *t.shape)
-        return expand(self.data) if isinstance(self.data, Tensor) else tuple(expand(t) for t in self.data)
+        if isinstance(self.data, Tensor):
+            return self.data.expand(n_paths, *self.data.shape)
+        return tuple(t.expand(n_paths, *t.shape) for t in self.data)
 
     def loss(self, x: Tensor) -> Tensor:
-        return self._loss(x, self._per_path_data(x.shape[0]))
+        return vmap(self._batch_loss)(x, self._per_path_data(x.shape[0]))
 
     def grad(self, x: Tensor) -> Tensor:
-        return self._batch_grad(x, self._per_path_data(x.shape[0]))
+        return vmap(self._batch_grad)(x, self._per_path_data(x.shape[0]))
+
+    def grad_single(self, x1: Tensor) -> Tensor:
+        return self._batch_grad(x1, self.data)
+
+    def hvp(self, x: Tensor, v: Tensor) -> Tensor:
+        return autodiff.hvp(self._batch_grad, x, v, self._per_path_data(x.shape[0]))
 
     def per_sample_grads(self, x: Tensor) -> Tensor:
         r"""All :math:`\nabla f_i(x_p)`: ``(n_paths, d) -> (n_paths, n, d)``."""
-        return self._per_sample(x, self._per_path_data(x.shape[0]))
+        return vmap(self._per_sample_single)(x, self._per_path_data(x.shape[0]))
 
     def sample_draws(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
         if self.replacement:
@@ -98,7 +108,13 @@ class FiniteSum(Problem):
         return keys.topk(self.batch_size, dim=-1).indices
 
     def stochastic_grad(self, x: Tensor, draws: Tensor) -> Tensor:
-        return self._batch_grad(x, _index(self.data, draws))
+        return vmap(self._batch_grad)(x, _index(self.data, draws))
+
+    def stochastic_grad_single(self, x1: Tensor, draw1: Tensor) -> Tensor:
+        return self._batch_grad(x1, _index(self.data, draw1))
+
+    def stochastic_hvp(self, x: Tensor, v: Tensor, draws: Tensor) -> Tensor:
+        return autodiff.hvp(self._batch_grad, x, v, _index(self.data, draws))
 
     def enumerate_draws(self) -> Tensor | None:
         if self.batch_size == 1:

@@ -77,9 +77,7 @@ class Objective(Problem):
             raise ValueError(f"`dtype` must be a floating dtype, got dtype={dtype}")
         self.d, self.dtype, self.device = d, dtype, torch.device(device)
         self.noise_sqrt = _noise_sqrt(noise_cov, d, dtype, self.device)
-        self._loss_fn = loss_fn
-        self._loss = vmap(loss_fn)
-        self._grad = vmap(grad(loss_fn))
+        self.loss_fn = loss_fn
 
     @property
     def noise_cov(self) -> Tensor:
@@ -89,10 +87,13 @@ class Objective(Problem):
         return self.noise_sqrt @ self.noise_sqrt.T
 
     def loss(self, x: Tensor) -> Tensor:
-        return self._loss(x)
+        return vmap(self.loss_fn)(x)
 
     def grad(self, x: Tensor) -> Tensor:
-        return self._grad(x)
+        return vmap(grad(self.loss_fn))(x)
+
+    def grad_single(self, x1: Tensor) -> Tensor:
+        return grad(self.loss_fn)(x1)
 
     def stochastic_hvp(self, x: Tensor, v: Tensor, draws: Tensor) -> Tensor:
         return self.hvp(x, v)  # additive noise does not change the Hessian
@@ -104,10 +105,23 @@ class Objective(Problem):
     def stochastic_grad(self, x: Tensor, draws: Tensor) -> Tensor:
         return self.grad(x) if self.noise_sqrt is None else self.grad(x) + draws
 
+    def stochastic_grad_single(self, x1: Tensor, draw1: Tensor) -> Tensor:
+        return self.grad_single(x1) if self.noise_sqrt is None else self.grad_single(x1) + draw1
+
     def enumerate_draws(self) -> Tensor | None:
         if self.noise_sqrt is None:
             return torch.zeros(1, self.d, dtype=self.dtype, device=self.device)
         return None
+
+
+class QuadraticLoss:
+    r""":math:`x \mapsto \tfrac12 x^\top H x` for one point ``(d,)`` (a class, not a closure: it pickles)."""
+
+    def __init__(self, H: Tensor):
+        self.H = H
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return 0.5 * x @ (self.H @ x)
 
 
 class Quadratic(Objective):
@@ -132,13 +146,16 @@ class Quadratic(Objective):
         if not torch.allclose(H, H.T, rtol=1e-6, atol=1e-12):
             raise ValueError("`H` must be symmetric")
         self.H = H
-        super().__init__(lambda x: 0.5 * x @ (H @ x), H.shape[0], noise_cov=noise_cov, dtype=H.dtype, device=H.device)
+        super().__init__(QuadraticLoss(H), H.shape[0], noise_cov=noise_cov, dtype=H.dtype, device=H.device)
 
     def loss(self, x: Tensor) -> Tensor:
         return 0.5 * ((x @ self.H) * x).sum(dim=-1)
 
     def grad(self, x: Tensor) -> Tensor:
         return x @ self.H
+
+    def grad_single(self, x1: Tensor) -> Tensor:
+        return x1 @ self.H
 
     def hvp(self, x: Tensor, v: Tensor) -> Tensor:
         return v @ self.H

@@ -1,6 +1,11 @@
 """Ready-made finite sums on synthetic data. Every constructor is seeded and returns a :class:`FiniteSum`
-with ``d`` set and a reproducible starting point in ``problem.x_init``."""
+with ``d`` set and a reproducible starting point in ``problem.x_init``.
+
+Per-sample losses are module-level functions (bound to their sizes by :func:`functools.partial`), so every
+problem pickles with the standard library."""
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -10,6 +15,10 @@ from .finite_sum import FiniteSum
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def _squared_residual(x: Tensor, s) -> Tensor:
+    return 0.5 * (s[0] @ x - s[1]) ** 2
 
 
 def linear_regression(n: int = 64, d: int = 10, *, noise: float = 0.5, batch_size: int = 1,
@@ -22,7 +31,7 @@ def linear_regression(n: int = 64, d: int = 10, *, noise: float = 0.5, batch_siz
     A = torch.randn(n, d, generator=g, dtype=dtype)
     x_star = torch.randn(d, generator=g, dtype=dtype)
     y = A @ x_star + noise * torch.randn(n, generator=g, dtype=dtype)
-    prob = FiniteSum(lambda x, s: 0.5 * (s[0] @ x - s[1]) ** 2, (A, y), batch_size=batch_size,
+    prob = FiniteSum(_squared_residual, (A, y), batch_size=batch_size,
                      replacement=replacement, d=d)
     prob.x_init = torch.zeros(d, dtype=dtype)
     return prob
@@ -32,6 +41,10 @@ def _two_layer(x: Tensor, a: Tensor, d_in: int, width: int) -> Tensor:
     W = x[: width * d_in].reshape(width, d_in)
     v = x[width * d_in:]
     return v @ torch.tanh(W @ a)
+
+
+def _teacher_student_loss(x: Tensor, s, *, d_in: int, width: int) -> Tensor:
+    return 0.5 * (_two_layer(x, s[0], d_in, width) - s[1]) ** 2
 
 
 def teacher_student(n: int = 64, d_in: int = 4, width: int = 3, *, batch_size: int = 1, replacement: bool = True,
@@ -46,10 +59,19 @@ def teacher_student(n: int = 64, d_in: int = 4, width: int = 3, *, batch_size: i
     A = torch.randn(n, d_in, generator=g, dtype=dtype)
     teacher = torch.randn(d, generator=g, dtype=dtype)
     y = torch.stack([_two_layer(teacher, a, d_in, width) for a in A])
-    prob = FiniteSum(lambda x, s: 0.5 * (_two_layer(x, s[0], d_in, width) - s[1]) ** 2, (A, y),
+    prob = FiniteSum(partial(_teacher_student_loss, d_in=d_in, width=width), (A, y),
                      batch_size=batch_size, replacement=replacement, d=d)
     prob.x_init = 0.5 * torch.randn(d, generator=g, dtype=dtype)
     return prob
+
+
+def _mlp_loss(x: Tensor, s, *, d_in: int, hidden: int, classes: int) -> Tensor:
+    a, label = s
+    s1, s2 = hidden * d_in, hidden * d_in + hidden
+    s3 = s2 + classes * hidden
+    h = torch.tanh(x[:s1].reshape(hidden, d_in) @ a + x[s1:s2])
+    logits = x[s2:s3].reshape(classes, hidden) @ h + x[s3:]
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, label.unsqueeze(-1)).squeeze(-1)
 
 
 def mlp(n: int = 256, d_in: int = 8, hidden: int = 16, classes: int = 3, *, batch_size: int = 8,
@@ -65,20 +87,19 @@ def mlp(n: int = 256, d_in: int = 8, hidden: int = 16, classes: int = 3, *, batc
     inputs = centres[labels] + torch.randn(n, d_in, generator=g, dtype=dtype)
     s1, s2 = hidden * d_in, hidden * d_in + hidden
     s3 = s2 + classes * hidden
-
-    def loss_fn(x: Tensor, s) -> Tensor:
-        a, label = s
-        h = torch.tanh(x[:s1].reshape(hidden, d_in) @ a + x[s1:s2])
-        logits = x[s2:s3].reshape(classes, hidden) @ h + x[s3:]
-        return torch.logsumexp(logits, dim=-1) - logits.gather(-1, label.unsqueeze(-1)).squeeze(-1)
-
     d = s3 + classes
+    loss_fn = partial(_mlp_loss, d_in=d_in, hidden=hidden, classes=classes)
     prob = FiniteSum(loss_fn, (inputs, labels), batch_size=batch_size, replacement=replacement, d=d)
     prob.x_init = torch.cat([torch.randn(s1, generator=g, dtype=dtype) / d_in**0.5,
                              torch.zeros(hidden, dtype=dtype),
                              torch.randn(classes * hidden, generator=g, dtype=dtype) / hidden**0.5,
                              torch.zeros(classes, dtype=dtype)])
     return prob
+
+
+def _sensing_loss(x: Tensor, s, *, dim: int, rank: int) -> Tensor:
+    U = x.reshape(dim, rank)
+    return 0.5 * ((s[0] * (U @ U.T)).sum() - s[1]) ** 2
 
 
 def matrix_sensing(n: int = 64, dim: int = 4, rank: int = 1, *, batch_size: int = 1, replacement: bool = True,
@@ -92,11 +113,6 @@ def matrix_sensing(n: int = 64, dim: int = 4, rank: int = 1, *, batch_size: int 
     A = 0.5 * (A + A.transpose(1, 2))
     U_star = torch.randn(dim, rank, generator=g, dtype=dtype)
     y = torch.einsum("nij,ij->n", A, U_star @ U_star.T)
-
-    def loss_fn(x: Tensor, s) -> Tensor:
-        U = x.reshape(dim, rank)
-        return 0.5 * ((s[0] * (U @ U.T)).sum() - s[1]) ** 2
-
-    prob = FiniteSum(loss_fn, (A, y), batch_size=batch_size, replacement=replacement, d=dim * rank)
+    prob = FiniteSum(partial(_sensing_loss, dim=dim, rank=rank), (A, y), batch_size=batch_size, replacement=replacement, d=dim * rank)
     prob.x_init = 0.1 * torch.randn(dim * rank, generator=g, dtype=dtype)
     return prob

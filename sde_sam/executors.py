@@ -41,7 +41,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
-__all__ = ["run_cells", "grid", "spec_key", "CellErrors", "RayExecutor"]
+__all__ = ["run_cells", "grid", "spec_key", "CellErrors", "RayExecutor", "ScriptFunction"]
 
 
 class CellErrors(RuntimeError):
@@ -225,7 +225,8 @@ def _load_cell(results_dir: Path, key: str, spec: dict):
 
 
 def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any = None,
-         results_dir: str | os.PathLike | None = None, progress: bool | None = None):
+         results_dir: str | os.PathLike | None = None, progress: bool | None = None,
+         spec_columns: bool | Sequence[str] = True):
     """Run a study grid: ``cell_fn(spec)`` for every spec, gathered into one tidy table.
 
     Every cell computes from its own spec alone (put its seed in the spec, e.g. derived from the grid
@@ -245,10 +246,13 @@ def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any
         executor: see :func:`run_cells` (``None``: in this process).
         results_dir: where ``cells/`` go; ``None`` keeps nothing on disk.
         progress: tqdm bar over the cells to compute (``None``: when stderr is a terminal).
+        spec_columns: which spec fields become columns: ``True`` all, ``False`` none (the cells' tables
+            as returned), or a list of field names.
 
     Returns:
-        The cells' tables concatenated in spec order (index reset), with each spec field added as a column
-        in front, except where the cell's table already has a column of that name (kept as returned).
+        The cells' tables concatenated in spec order (index reset), with the spec fields (``spec_columns``)
+        added as columns in front, except where the cell's table already has a column of that name (kept as
+        returned).
 
     Raises:
         CellErrors: some cells failed; every other cell finished and was saved. Rerun to retry the failed ones.
@@ -256,6 +260,11 @@ def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any
     import pandas as pd
 
     keys = _check_specs(specs)
+    if not isinstance(spec_columns, bool):
+        spec_columns = list(spec_columns)
+        unknown = sorted({c for c in spec_columns if any(c not in spec for spec in specs)})
+        if unknown:
+            raise ValueError(f"`spec_columns` must name fields of every spec, got {unknown}")
     root = Path(results_dir) if results_dir is not None else None
     tables: dict[str, Any] = {}
     if root is not None:
@@ -282,7 +291,8 @@ def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any
     frames = []
     for key, spec in zip(keys, specs):
         frame = tables[key].copy()
-        front = [name for name in spec if name not in frame.columns]
+        wanted = spec if spec_columns is True else (() if spec_columns is False else spec_columns)
+        front = [name for name in wanted if name not in frame.columns]
         for pos, name in enumerate(front):
             value = spec[name]
             frame.insert(pos, name, [value] * len(frame) if isinstance(value, (list, dict)) else value)
@@ -290,6 +300,78 @@ def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True)
+
+
+class ScriptFunction:
+    """A function of a script loaded by path (not importable by module name), made picklable for workers.
+
+    Pickle sends a function by reference (``module.name``); a worker cannot import a module that was loaded
+    from a file path (``importlib.util.spec_from_file_location``, e.g. the ``experiments/`` scripts). This
+    wrapper calls ``fn`` directly in this process and, once pickled, carries the script's path and the
+    function's name instead: a worker loads the script (once per process) and calls the function there.
+    The script must exist at the same path on the workers (same machine, a shared file system), or at the
+    same path relative to the worker's working directory (Ray's ``runtime_env={"working_dir": ...}``).
+
+    Example:
+        >>> cell = ScriptFunction(escape_cell)  # doctest: +SKIP  (escape_cell defined in a script)
+        >>> grid(specs, cell, executor=ProcessPoolExecutor(4))  # doctest: +SKIP
+    """
+
+    def __init__(self, fn: Callable):
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        path = getattr(module, "__file__", None)
+        if path is None or "<locals>" in fn.__qualname__:
+            raise ValueError(f"`fn` must be a module-level function of a script file, got {fn!r}")
+        self.fn = fn
+        self.path = os.path.abspath(path)
+        try:
+            self.relpath = os.path.relpath(self.path)
+        except ValueError:  # another drive (Windows)
+            self.relpath = self.path
+        self.qualname = fn.__qualname__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "relpath": self.relpath, "qualname": self.qualname}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.fn = _load_script_function(state["path"], state["relpath"], state["qualname"])
+
+    def __repr__(self) -> str:
+        return f"ScriptFunction({self.qualname} from {self.path})"
+
+
+_SCRIPTS: dict[str, Any] = {}
+
+
+def _load_script_function(path: str, relpath: str, qualname: str) -> Callable:
+    import importlib.util
+
+    if not os.path.exists(path) and os.path.exists(relpath):
+        path = os.path.abspath(relpath)
+    module = _SCRIPTS.get(path)
+    if module is None:
+        for loaded in list(sys.modules.values()):  # the driver's own copy (threads, forked workers)
+            if getattr(loaded, "__file__", None) and os.path.abspath(loaded.__file__) == path:
+                module = loaded
+                break
+    if module is None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"cell script {path} not found on this worker (run from the same "
+                                    f"checkout, or ship it with Ray's runtime_env working_dir)")
+        name = "_sde_sam_script_" + hashlib.sha256(path.encode()).hexdigest()[:12]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    _SCRIPTS[path] = module
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 # ---------------------------------------------------------------------------------------------- Ray
@@ -303,6 +385,10 @@ def _import_ray():
     return ray
 
 
+def _driver_path() -> str:
+    return os.pathsep.join(p for p in (os.path.abspath(p or os.curdir) for p in sys.path) if os.path.isdir(p))
+
+
 def _call(fn: Callable, args: tuple, kwargs: dict) -> Any:
     return fn(*args, **kwargs)
 
@@ -311,8 +397,11 @@ class RayExecutor:
     """Ray tasks behind the ``submit`` of ``concurrent.futures.Executor``: pass it as ``executor=``.
 
     Connects to the cluster at ``address`` (or the ``RAY_ADDRESS`` environment variable, e.g. after
-    ``ray start --head``), else starts a local one with ``num_cpus`` CPUs. Ray is already initialised in
-    this process? Then that connection is used and left open. Each cell is one task with one CPU and
+    ``ray start --head``), else starts a local one with ``num_cpus`` CPUs whose workers get this process's
+    ``sys.path`` (so cell functions import there as in a process pool). Ray is already initialised in this
+    process? Then that connection is used and left open. On a remote cluster, cell functions must be
+    importable on the workers (an installed package, Ray's ``runtime_env`` ``py_modules``/``working_dir``),
+    defined in ``__main__`` (cloudpickle sends them by value), or wrapped in :class:`ScriptFunction`. Each cell is one task with one CPU and
     ``num_gpus_per_cell`` GPUs: a fraction (``0.25``: four cells share a GPU) or a whole number; Ray sets
     ``CUDA_VISIBLE_DEVICES`` in the task, so a cell that puts its tensors on ``"cuda"`` finds its GPU.
 
@@ -344,8 +433,9 @@ class RayExecutor:
             address = address or os.environ.get("RAY_ADDRESS") or None
             if address:
                 ray.init(address=address)
-            else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False)
+            else:  # a local cluster: its workers see this process's import path, like a process pool's
+                ray.init(num_cpus=num_cpus, include_dashboard=False,
+                         runtime_env={"env_vars": {"PYTHONPATH": _driver_path()}})
             self._owns = True
         if gpus > 0:
             available = ray.cluster_resources().get("GPU", 0)

@@ -106,7 +106,7 @@ def alignment_run(cfg: Config, method: ss.Method, prob: ss.FiniteSum) -> pd.Data
                 row["alignment_exact_v"] = theory.eigen_sam_alignment(cfg.alpha, c.clamp(-1, 1)).numpy()
             rows.append(pd.DataFrame(row))
         if k < cfg.steps:
-            x, _ = discrete.step(prob, method, x, draws, eps=eps, v=v)
+            x = x - method.lr * discrete.effective_grad(prob, method, x, draws, eps=eps, v=v)[0]
     return pd.concat(rows, ignore_index=True)
 
 

@@ -1,7 +1,23 @@
-"""Many independent runs of a discrete method at once (MATH §2)."""
+r"""Discrete methods: one step with given draws (:func:`step`) and many independent runs at once (:func:`run`)
+(MATH §2, §2.1).
+
+**Draws.** A step uses one draw :math:`\gamma` per path, the same at the current and at the perturbed point.
+Its format is the problem's (what ``problem.sample_draws((n,), generator)`` returns):
+
+- :class:`~sde_sam.Objective` / :class:`~sde_sam.Quadratic` (additive Gaussian noise): ``(n, d)`` noise vectors
+  :math:`Z=\Sigma^{1/2}\xi`, already scaled (with ``noise_cov=0`` they are ignored);
+- :class:`~sde_sam.FiniteSum`: ``(n, B)`` ``int64`` sample indices, the mini-batch of each path.
+
+A sequence of draws for :func:`run` has leading dims ``(steps, n_paths)``.
+
+**State.** :class:`StepState` holds what a method carries from step to step: the momentum buffer, the
+Eigen-SAM eigenvector and the step count (Eigen-SAM's refresh schedule), plus the last step's guard mask.
+"""
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -12,9 +28,27 @@ from .methods import Method, power_iteration
 from .problems.base import Problem
 
 
-def step(problem: Problem, method: Method, x: Tensor, draws: Tensor, *, eps: float,
-         v: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    r"""One step of ``method`` for every path: :math:`x - \eta\,\nabla f_\gamma(x + \varepsilon_\gamma(x))`.
+@dataclass(frozen=True)
+class StepState:
+    """What a method carries from one step to the next, per path.
+
+    Attributes:
+        momentum: ``(n, d)`` momentum buffer :math:`u_k` (MATH §2.1), ``None`` before the first step (zeros) or
+            for methods without momentum.
+        v: ``(n, d)`` unit Eigen-SAM eigenvector estimates (``None`` for other methods).
+        k: Number of steps taken (Eigen-SAM refreshes ``v`` when ``k > 0`` and ``k % refresh_every == 0``).
+        guarded: ``(n,)`` bool, where the norm guard fired at the last step (``None`` before the first step).
+    """
+
+    momentum: Tensor | None = None
+    v: Tensor | None = None
+    k: int = 0
+    guarded: Tensor | None = None
+
+
+def effective_grad(problem: Problem, method: Method, x: Tensor, draws, *, eps: float,
+                   v: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""The effective gradient :math:`G_\gamma(x)=\nabla f_\gamma(x+\varepsilon_\gamma(x))` of every path (MATH §2).
 
     Args:
         problem: The objective and noise model.
@@ -25,29 +59,140 @@ def step(problem: Problem, method: Method, x: Tensor, draws: Tensor, *, eps: flo
         v: ``(n, d)`` unit eigenvector estimates (Eigen-SAM only).
 
     Returns:
-        ``(n, d)`` next states and the ``(n,)`` mask where the norm guard fired.
+        ``(n, d)`` effective gradients and the ``(n,)`` mask where the norm guard fired.
     """
     g = problem.stochastic_grad(x, draws)
     if not method.perturbs:
-        return x - method.lr * g, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        return g, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     full = problem.grad(x) if method.uses_full_grad else None
-    pert = method.perturbation(g, eps=eps, full_grad=full, v=v)
-    return x - method.lr * problem.stochastic_grad(x + pert.eps, draws), pert.guarded
+    if method.needs_oracle:
+        pert = method.perturbation(g, eps=eps, full_grad=full, v=v, x=x,
+                                   hvp=lambda u: problem.stochastic_hvp(x, u, draws),
+                                   grad_at=lambda y: problem.stochastic_grad(y, draws))
+    else:
+        pert = method.perturbation(g, eps=eps, full_grad=full, v=v)
+    return problem.stochastic_grad(x + pert.eps, draws), pert.guarded
+
+
+def _advance(problem: Problem, method: Method, x: Tensor, draws, state: StepState, eps: float):
+    """One step from a valid state (no checks): ``(x_next, state_next)``."""
+    v = state.v
+    if method.uses_eigenvector and state.k > 0 and state.k % method.refresh_every == 0:
+        v = power_iteration(lambda u: problem.stochastic_hvp(x, u, draws), v, method.power_iters, eps)
+    G, fired = effective_grad(problem, method, x, draws, eps=eps, v=v)
+    x_next, buffer = method.update(x, G, state.momentum)
+    return x_next, StepState(momentum=buffer, v=v, k=state.k + 1, guarded=fired)
+
+
+def _eps(problem: Problem, method: Method) -> float:
+    return method.eps if method.eps is not None else problem.default_eps()
+
+
+def _unit_rows(v: Tensor, name: str) -> Tensor:
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    if not bool(torch.isfinite(v).all()) or bool((norm == 0).any()):
+        raise ValueError(f"`{name}` must be finite with no zero rows (an eigenvector estimate per path)")
+    return v / norm
+
+
+def initial_state(problem: Problem, method: Method, x: Tensor, *, v0: Tensor | None = None,
+                  seed: int = 0) -> StepState:
+    r"""The state before the first step: no momentum yet (a zero buffer) and, for Eigen-SAM, its eigenvector.
+
+    Eigen-SAM's ``v`` is ``v0`` (normalised, used as is) or, without it, ``method.init_power_iters`` power
+    iterations on the full-batch Hessian at ``x`` from a Gaussian start drawn with ``seed`` (MATH §2: computed
+    before the first step).
+
+    Args:
+        problem, method: As in :func:`step`.
+        x: ``(n, d)`` initial states.
+        v0: ``(d,)`` or ``(n, d)`` initial eigenvector (Eigen-SAM only).
+        seed: Seed of the random start when ``v0`` is None.
+    """
+    if not method.uses_eigenvector:
+        if v0 is not None:
+            raise ValueError(f"`v0` is only for methods with an eigenvector (EigenSAM), got method={method.name}")
+        return StepState()
+    eps = _eps(problem, method)
+    if v0 is not None:
+        if not isinstance(v0, Tensor) or v0.dtype != x.dtype or v0.shape not in (x.shape, x.shape[1:]):
+            raise ValueError(f"`v0` must be a {x.dtype} tensor of shape {tuple(x.shape[1:])} or {tuple(x.shape)}, "
+                             f"got {getattr(v0, 'shape', type(v0).__name__)}")
+        return StepState(v=_unit_rows(v0.to(x.device).expand_as(x).clone(), "v0"))
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    start = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+    return StepState(v=_init_v(problem, method, x, start, eps))
+
+
+def _init_v(problem: Problem, method: Method, x: Tensor, gauss: Tensor, eps: float) -> Tensor:
+    v = gauss / torch.linalg.vector_norm(gauss, dim=-1, keepdim=True)
+    return power_iteration(lambda u: problem.hvp(x, u), v, method.init_power_iters, eps)
+
+
+def _check_problem_method(problem, method) -> None:
+    if not isinstance(problem, Problem):
+        raise TypeError(f"`problem` must be an sde_sam Problem, got {type(problem).__name__}")
+    if not isinstance(method, Method):
+        raise TypeError(f"`method` must be an sde_sam Method (SGD, USAM, SAM, ...), got {type(method).__name__}")
+    method.check_ready()
+
+
+def step(problem: Problem, method: Method, x: Tensor, draws, *, state: StepState | None = None,
+         eps: float | None = None) -> tuple[Tensor, StepState]:
+    r"""One step of ``method`` for every path with the given draws (MATH §2, §2.1).
+
+    .. math:: G_k=\nabla f_{\gamma_k}\big(x_k+\varepsilon_{\gamma_k}(x_k)\big),\qquad
+              x_{k+1}=x_k-\eta G_k\ \ \text{(or with momentum, see :meth:`Method.update`)}
+
+    Exactly the step :func:`run` takes, so a loop of ``step`` over the draws of ``run(..., keep_draws=True)``
+    reproduces the run.
+
+    Args:
+        problem: The objective and noise model.
+        method: The method.
+        x: ``(n, d)`` current states, in the problem's dtype.
+        draws: One draw per path, in the problem's format (module docstring): ``(n, d)`` Gaussian noise
+            vectors or ``(n, B)`` int64 mini-batch indices.
+        state: The previous step's state; ``None``: :func:`initial_state` (for Eigen-SAM a seeded random start).
+        eps: Norm guard (default: the method's, else the problem's).
+
+    Returns:
+        The ``(n, d)`` next states and the next :class:`StepState`.
+
+    Example:
+        >>> prob = ss.Quadratic(torch.eye(2, dtype=torch.float64), noise_cov=0.01)
+        >>> x = torch.ones(4, 2, dtype=torch.float64)
+        >>> draws = prob.sample_draws((4,), torch.Generator().manual_seed(0))
+        >>> x1, state = ss.step(prob, ss.SAM(0.1, 0.05, momentum=0.9), x, draws)
+        >>> x2, state = ss.step(prob, ss.SAM(0.1, 0.05, momentum=0.9), x1, draws, state=state)
+    """
+    _check_problem_method(problem, method)
+    if not isinstance(x, Tensor) or x.ndim != 2 or (problem.d is not None and x.shape[1] != problem.d):
+        raise ValueError(f"`x` must be a tensor of shape (n, d) with d={problem.d}, got {getattr(x, 'shape', x)!r}")
+    lead = draws[0].shape[:1] if isinstance(draws, tuple) else getattr(draws, "shape", (None,))[:1]
+    if tuple(lead) != (x.shape[0],):
+        raise ValueError(f"`draws` must have leading dim n={x.shape[0]} (one draw per path), got {tuple(lead)}")
+    if state is None:
+        state = initial_state(problem, method, x)
+    elif not isinstance(state, StepState):
+        raise TypeError(f"`state` must be a StepState or None, got {type(state).__name__}")
+    return _advance(problem, method, x, draws, state, _eps(problem, method) if eps is None else eps)
 
 
 def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: int | None = None,
         seed: int | torch.Generator = 0, record_every: int = 1,
         observables: Sequence = ("loss",), chunk_size: int | None = None, max_norm: float = math.inf,
-        progress: bool | None = None):
+        progress: bool | None = None, draws=None, keep_draws: bool = False, v0: Tensor | None = None):
     r"""Run ``n_paths`` independent copies of a discrete method as one batched tensor program.
 
     Path ``p`` draws its mini-batches (or Gaussian noise) from its own random stream, so results are
     reproducible from ``seed`` and do not depend on ``chunk_size``. Observables are evaluated at steps
-    ``0, record_every, ...`` (and the last) and stored on the SDE time scale :math:`t = k\eta`.
+    ``0, record_every, ...`` (and the last) and stored on the SDE time scale :math:`t = k\eta`. Methods with
+    momentum keep a per-path buffer starting at 0 (MATH §2.1).
 
     Args:
         problem: Objective and gradient-noise model.
-        method: ``SGD``, ``USAM``, ``SAM``, ``DNSAM``, ``UnifiedSAM`` or ``EigenSAM``.
+        method: Any :class:`~sde_sam.Method` (``SGD``, ``USAM``, ``SAM``, ..., with or without momentum).
         x0: ``(d,)`` (shared start) or ``(n_paths, d)``; dtype and device must be the problem's.
         steps: Number of steps.
         n_paths: Number of runs (default: ``x0.shape[0]`` or 1).
@@ -57,6 +202,12 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
         chunk_size: Paths per chunk (rounded to a multiple of 1024), for memory; ``None``: all at once.
         max_norm: A path whose ``||x||`` exceeds this is flagged diverged (non-finite paths always are).
         progress: Show a progress bar (``None``: for long runs on a terminal).
+        draws: A given draw sequence to replay instead of sampling, leading dims ``(steps, n_paths)``, in the
+            problem's format (module docstring).
+        keep_draws: Return the draws used as ``Trajectory.draws`` (CPU; memory ``steps * n_paths`` draws:
+            ``d`` floats each for Gaussian noise, ``B`` int64 for mini-batches).
+        v0: Eigen-SAM only: the initial eigenvector, ``(d,)`` or ``(n_paths, d)``, used as is (normalised);
+            default ``method.init_power_iters`` power iterations from a random start.
 
     Returns:
         A :class:`~sde_sam.results.Trajectory`.
@@ -65,33 +216,38 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
         >>> prob = ss.Quadratic(torch.eye(2, dtype=torch.float64), noise_cov=0.01)
         >>> traj = ss.run(prob, ss.SAM(0.1, 0.05), torch.ones(2, dtype=torch.float64), steps=50, n_paths=1000)
     """
-    if not isinstance(problem, Problem):
-        raise TypeError(f"`problem` must be an sde_sam Problem, got {type(problem).__name__}")
-    if not isinstance(method, Method):
-        raise TypeError(f"`method` must be an sde_sam Method (SGD, USAM, SAM, ...), got {type(method).__name__}")
+    _check_problem_method(problem, method)
     _checks.positive_int("steps", steps)
     _checks.positive_int("record_every", record_every)
+    if not isinstance(keep_draws, bool):
+        raise ValueError(f"`keep_draws` must be True or False, got keep_draws={keep_draws!r}")
     max_norm = _checks.max_norm(max_norm)
     x, n = _checks.state(x0, d=problem.d, dtype=problem.dtype, device=problem.device, n_paths=n_paths)
-    eps = method.eps if method.eps is not None else problem.default_eps()
+    eps = _eps(problem, method)
     obs = obs_mod.resolve(observables, problem)
+    v_given = None if v0 is None else initial_state(problem, method, x, v0=v0).v
+    offset = [0]  # the engine initialises chunks in order; v0's rows follow them
 
-    def init(xc: Tensor, gauss: Tensor):
+    def init(xc: Tensor, gauss: Tensor) -> StepState:
+        a = offset[0]
+        offset[0] += xc.shape[0]
         if not method.uses_eigenvector:
-            return None
+            return StepState()
+        if v_given is not None:
+            return StepState(v=v_given[a:a + xc.shape[0]])
         # Eigen-SAM: v before the first step, from a random start, on the full-batch Hessian.
-        v = gauss / torch.linalg.vector_norm(gauss, dim=-1, keepdim=True)
-        return power_iteration(lambda u: problem.hvp(xc, u), v, method.init_power_iters, eps)
+        return StepState(v=_init_v(problem, method, xc, gauss, eps))
 
-    def advance(xc: Tensor, draws: Tensor, v, k: int):
-        if method.uses_eigenvector and k > 0 and k % method.refresh_every == 0:
-            v = power_iteration(lambda u: problem.stochastic_hvp(xc, u, draws), v, method.power_iters, eps)
-        x_next, fired = step(problem, method, xc, draws, eps=eps, v=v)
-        return x_next, v, fired
+    def advance(xc: Tensor, draw, state: StepState, k: int):
+        x_next, state = _advance(problem, method, xc, draw, state, eps)
+        return x_next, state, state.guarded
 
     info = {"kind": "discrete", **method.describe(), "rho": method.rho, "seed": seed if isinstance(seed, int) else None,
             "problem": repr(problem), "steps": steps}
+    replay = {}
+    if draws is not None or keep_draws:  # the engine's replay interface (sde_sam._engine.drive)
+        replay = {"draws": draws, "keep_draws": keep_draws}
     return _engine.drive(x, steps=steps, record_every=record_every, observables=obs,
                          seed=streams.resolve_seed(seed), chunk_size=chunk_size, max_norm=max_norm,
                          progress=progress, sampler=problem.sample_draws, step=advance, init=init,
-                         dt=method.lr, info=info)
+                         dt=method.lr, info=info, **replay)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import sde_sam as ss
-from sde_sam.discrete import step
+from conftest import METHOD_ROWS
+from sde_sam.discrete import StepState, step
 from sde_sam.problems import FiniteSum, linear_regression, teacher_student
 
 F64 = torch.float64
@@ -37,8 +38,21 @@ PROBLEMS = {
     "teacher_student": lambda: teacher_student(n=16, batch_size=3),
 }
 
+# Every row of the shared method table, the variants of Bolte et al., and momentum in both forms.
+ALL_METHODS = METHOD_ROWS + [
+    ss.TwoStepUSAM(0.1, 0.2), ss.HessianUSAM(0.1, 0.2),
+    ss.SAM(0.1, 0.2, momentum=0.9), ss.USAM(0.1, 0.2, momentum=0.5, nesterov=True),
+    ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=2, power_iters=3, momentum=0.7, nesterov=True),
+]
+
+
+def _label(m: ss.Method) -> str:
+    return m.name + ("" if not m.momentum else ("-nesterov" if m.nesterov else "-heavyball"))
+
+
 # -- paths never interact -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("problem_name", list(PROBLEMS))
+@pytest.mark.parametrize("method", ALL_METHODS, ids=_label)
 def test_batch_step_equals_each_path_alone(problem_name, method):
     prob = PROBLEMS[problem_name]()
     n = 37
@@ -47,13 +61,21 @@ def test_batch_step_equals_each_path_alone(problem_name, method):
     draws = prob.sample_draws((n,), g)
     v = torch.randn(n, prob.d, generator=g, dtype=F64)
     v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-    x_next, fired = step(prob, method, x, draws, eps=1e-12, v=v)
-    assert x_next.shape == x.shape and fired.shape == (n,) and x_next.dtype == F64
+    buf = torch.randn(n, prob.d, generator=g, dtype=F64) if method.momentum else None
+    # k = 2: Eigen-SAM refreshes v at this step (refresh_every=2), so the refresh is covered too.
+    state = StepState(momentum=buf, v=v if method.uses_eigenvector else None, k=2)
+    x_next, new = step(prob, method, x, draws, state=state, eps=1e-12)
+    fired = new.guarded
+    assert x_next.shape == x.shape and fired.shape == (n,) and x_next.dtype == F64 and new.k == 3
     assert not torch.equal(x_next[0], x_next[1])  # distinct paths, distinct results
     for i in range(n):
-        alone, fired_alone = step(prob, method, x[i:i + 1], draws[i:i + 1], eps=1e-12, v=v[i:i + 1])
+        one = StepState(momentum=None if buf is None else buf[i:i + 1],
+                        v=state.v if state.v is None else v[i:i + 1], k=2)
+        alone, new_alone = step(prob, method, x[i:i + 1], draws[i:i + 1], state=one, eps=1e-12)
         assert torch.equal(alone, x_next[i:i + 1]), f"path {i}: {alone - x_next[i:i + 1]}"
-        assert torch.equal(fired_alone, fired[i:i + 1])
+        assert torch.equal(new_alone.guarded, fired[i:i + 1])
+        if buf is not None:
+            assert torch.equal(new_alone.momentum, new.momentum[i:i + 1])
 
 
 @pytest.mark.parametrize("problem_name", ["linear_regression", "teacher_student"])

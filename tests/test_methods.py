@@ -51,9 +51,95 @@ def _table_perturbation(m: ss.Method, g: torch.Tensor, full: torch.Tensor, v: to
     return torch.stack(rows)
 
 
+# Bolte, Le & Pauwels's variants need oracles (hvp, grad_at, x): tested on their own below and in
+# test_discrete/test_momentum/test_filters.
+ORACLE_ROWS = [ss.TwoStepUSAM(0.1, 0.2), ss.HessianUSAM(0.1, 0.2)]
+
+
 def test_method_table_covers_every_method(method_rows):
-    assert {type(m) for m in method_rows} == set(METHODS.values())
-    assert {m.name.lower() for m in method_rows} == set(METHODS)
+    rows = method_rows + ORACLE_ROWS
+    assert {type(m) for m in rows} == set(METHODS.values())
+    assert {m.name.lower() for m in rows} == set(METHODS)
+    assert all(m.needs_oracle for m in ORACLE_ROWS) and not any(m.needs_oracle for m in method_rows)
+
+
+def _quartic(noise_cov=0.0):
+    """f(x) = Σ x⁴/4 + x₀x₁ - Σ x²/2: non-quadratic, so ∇f(x + u) and ∇²f(x)u are not trivial."""
+    def loss(x):
+        return (x**4).sum() / 4 + x[0] * x[1] - (x**2).sum() / 2
+    return ss.Objective(loss, 3, noise_cov=noise_cov, dtype=F64)
+
+
+@pytest.mark.parametrize("noise_cov", [0.0, 0.3])
+def test_oracle_perturbations_match_their_definitions(noise_cov):
+    prob = _quartic(noise_cov)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, generator=gen, dtype=F64)
+    draws = prob.sample_draws((5,), gen)
+    g = prob.stochastic_grad(x, draws)
+    oracle = dict(hvp=lambda u: prob.stochastic_hvp(x, u, draws), grad_at=lambda y: prob.stochastic_grad(y, draws), x=x)
+    rho = 0.3
+    two = ss.TwoStepUSAM(0.1, rho).perturbation(g, eps=1e-12, **oracle)
+    hess = ss.HessianUSAM(0.1, rho).perturbation(g, eps=1e-12, **oracle)
+    for p, (xp, gp, zp) in enumerate(zip(x, g, draws)):
+        grad_f = torch.func.grad(prob.loss_fn)
+        z = zp if noise_cov else torch.zeros(3, dtype=F64)
+        torch.testing.assert_close(two.eps[p], rho * (grad_f(xp + rho * gp) + z), **TIGHT)
+        H = torch.func.hessian(prob.loss_fn)(xp)
+        torch.testing.assert_close(hess.eps[p], rho * H @ gp, **TIGHT)
+    assert not bool(two.guarded.any()) and not bool(hess.guarded.any())
+
+
+@pytest.mark.parametrize("method, missing", [(ss.TwoStepUSAM(0.1, 0.2), "x"), (ss.HessianUSAM(0.1, 0.2), "hvp")])
+def test_oracle_methods_refuse_without_their_oracle(method, missing):
+    with pytest.raises(ValueError, match=rf"{method.name}'s perturbation needs `{missing}`"):
+        method.perturbation(torch.ones(2, 3, dtype=F64), eps=1e-12)
+
+
+def test_oracle_rho_zero_is_sgd_bit_for_bit():
+    prob, x0 = _quartic(0.2), torch.tensor([0.5, -1.0, 0.3], dtype=F64)
+    sgd = _run(prob, ss.SGD(0.1), x0)
+    for m in (ss.TwoStepUSAM(0.1, 0.0), ss.HessianUSAM(0.1, 0.0)):
+        _same_run(_run(prob, m, x0), sgd)
+
+
+# -- rho is required (issue: `SAM(0.1)` used to be SGD silently) ---------------------------------------------
+@pytest.mark.parametrize("cls", [ss.USAM, ss.SAM, ss.DNSAM, ss.UnifiedSAM, ss.EigenSAM, ss.TwoStepUSAM, ss.HessianUSAM])
+def test_rho_is_required_before_use(cls, diag_quadratic):
+    template = cls(0.1)  # a template: studies set rho per lr
+    assert template.rho is None
+    msg = rf"`rho` is required for {cls.name}: pass it, e\.g\. {cls.name}\(lr=0\.1, rho=0\.05\).*got rho=None"
+    with pytest.raises(ValueError, match=msg):
+        ss.run(diag_quadratic, template, torch.ones(3, dtype=F64), steps=1)
+    x = torch.ones(2, 3, dtype=F64)
+    with pytest.raises(ValueError, match=msg):
+        ss.step(diag_quadratic, template, x, diag_quadratic.sample_draws((2,), torch.Generator()))
+    with pytest.raises(ValueError, match=msg):
+        template.perturbation(x, eps=1e-12, v=x, full_grad=x, hvp=lambda u: u, grad_at=lambda y: y, x=x)
+    assert template.with_rho(0.05).rho == 0.05  # what weak_error(..., rho=...) does
+
+
+# -- momentum hyper-parameters ------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, msg", [
+    (lambda: ss.SGD(0.1, momentum=1.0), r"`momentum` must be a number in \[0, 1\), got momentum=1.0"),
+    (lambda: ss.SAM(0.1, 0.1, momentum=-0.1), r"`momentum` must be a number in \[0, 1\), got momentum=-0.1"),
+    (lambda: ss.USAM(0.1, 0.1, momentum=float("nan")), r"`momentum` must be a number in \[0, 1\), got momentum=nan"),
+    (lambda: ss.USAM(0.1, 0.1, momentum=True), r"`momentum` must be a number in \[0, 1\), got momentum=True"),
+    (lambda: ss.SGD(0.1, nesterov=True), r"`nesterov=True` needs momentum > 0 \(as torch.optim.SGD\), got momentum=0.0"),
+    (lambda: ss.SGD(0.1, momentum=0.9, nesterov=1), r"`nesterov` must be True or False, got nesterov=1"),
+    (lambda: ss.SGD(0.1, 0.9), r"positional argument"),  # momentum is keyword-only
+])
+def test_momentum_validation(make, msg):
+    with pytest.raises((ValueError, TypeError), match=msg):
+        make()
+
+
+def test_momentum_fields_are_kept_and_described():
+    m = ss.EigenSAM(0.1, 0.2, 0.3, momentum=0.9, nesterov=True)
+    assert (m.momentum, m.nesterov) == (0.9, True)
+    assert m.with_lr(0.05).momentum == 0.9 and m.with_rho(0.1).nesterov
+    assert m.describe()["momentum"] == 0.9 and m.describe()["nesterov"] is True
+    assert isinstance(ss.SGD(0.1, momentum=0).momentum, float)
 
 
 def test_perturbation_matches_math_table(method):

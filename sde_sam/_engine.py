@@ -125,9 +125,126 @@ def _draw(noise: streams.PathStreams, a: int, b: int, n_steps: int, sampler: str
     return out if as_tuple else out[0]
 
 
+class _Records:
+    """One chunk's recordings: written into a preallocated device buffer inside the step loop (no host
+    synchronisation), copied to the host and checked for divergence once per block of steps (:meth:`flush`).
+
+    Buffer channels per recording: 0 the row sums ``x @ 1`` (non-finite iff the state is non-finite, or so
+    large that its coordinates' sum overflows), then the norms ``||x||`` when ``max_norm`` is finite, then one
+    channel per observable. A path is diverged at the first recording where a channel is non-finite (or the
+    norm exceeds ``max_norm``); the first such channel is its reason.
+    """
+
+    def __init__(self, observables: dict[str, Observable], *, cap: int, m: int, dtype: torch.dtype,
+                 device: torch.device, max_norm: float):
+        self.fns = list(observables.values())
+        self.max_norm = max_norm
+        self.check_norm = math.isfinite(max_norm)
+        self.first_obs = 2 if self.check_norm else 1
+        self.buf = torch.empty(cap, self.first_obs + len(self.fns), m, dtype=dtype, device=device)
+        self.ones: Tensor | None = None  # (d,) ones for the row sums, made at the first recording
+        self.guard_buf = torch.zeros(cap, m, dtype=torch.int32, device=device)
+        self.guard_acc = torch.zeros(m, dtype=torch.int32, device=device)  # norm-guard firings per path so far
+        self.guarded = False
+        self.rows: list[int] = []  # recording slot of each buffer row in use
+        # Host-side per-path bookkeeping.
+        self.first = torch.full((m,), -1, dtype=torch.long)  # slot at which the path was seen diverged
+        self.reason = torch.zeros(m, dtype=torch.long)  # channel index + 1 (0: not diverged)
+        self.guard_at = torch.zeros(m, dtype=torch.long)  # guard firings up to that slot
+
+    # -- inside the step loop: device work only ---------------------------------------------------------
+    def count(self, fired: Tensor) -> None:
+        self.guard_acc.add_(fired)
+        self.guarded = True
+
+    def record(self, x: Tensor, slot: int) -> None:
+        j = len(self.rows)
+        self.rows.append(slot)
+        row = self.buf[j]
+        if self.ones is None:
+            self.ones = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
+        torch.mv(x.detach(), self.ones, out=row[0])  # a GEMV: faster than x.sum(-1), same overflow behaviour
+        if self.check_norm:
+            torch.linalg.vector_norm(x.detach(), dim=-1, out=row[1])
+        for c, fn in enumerate(self.fns, start=self.first_obs):
+            row[c].copy_(fn(x).detach())
+        if self.guarded:
+            self.guard_buf[j].copy_(self.guard_acc)
+
+    # -- between blocks: one copy to the host --------------------------------------------------------------
+    def flush(self, values: list[Tensor], a: int, b: int) -> None:
+        """Check the recordings held since the last flush and write them into ``values[i][:, a:b]`` (host)."""
+        if not self.rows:
+            return
+        r, s0 = len(self.rows), self.rows[0]
+        buf = self.buf[:r].cpu()
+        guard = self.guard_buf[:r].cpu() if self.guarded else None
+        ok = torch.isfinite(buf)
+        if self.check_norm:
+            ok[:, 1] &= buf[:, 1] <= self.max_norm
+        ok_all = ok.all(dim=1)  # (r, m)
+        newly = (self.first < 0) & ~ok_all.all(dim=0)
+        if bool(newly.any()):  # host tensors: no device synchronisation
+            cols = newly.nonzero().squeeze(-1)
+            at = (~ok_all[:, cols]).byte().argmax(dim=0)  # first bad row of each newly diverged path
+            self.first[cols] = s0 + at
+            self.reason[cols] = (~ok[at, :, cols]).byte().argmax(dim=-1) + 1
+            if guard is not None:
+                self.guard_at[cols] = guard[at, cols].long()
+        slots = torch.arange(s0, s0 + r)
+        dead = None
+        if bool((self.first >= 0).any()):
+            dead = (slots.unsqueeze(1) >= self.first) & (self.first >= 0)
+        for i, out in enumerate(values):
+            src = buf[:, self.first_obs + i]
+            out[s0:s0 + r, a:b] = src if dead is None else src.masked_fill(dead, math.nan)
+        self.rows.clear()
+
+    def finish(self) -> tuple[Tensor, int]:
+        """``(alive (m,) bool, guard firings)`` at the end of the chunk (guard firings of a diverged path
+        count up to the recording at which it was seen diverged)."""
+        alive = self.first < 0
+        total = self.guard_acc.cpu().long() if self.guarded else torch.zeros_like(self.guard_at)
+        return alive, int(torch.where(alive, total, self.guard_at).sum())
+
+    def reasons(self, observables: dict[str, Observable]) -> list[str]:
+        names = ["", "state"] + (["max_norm"] if self.check_norm else []) + [f"observable:{n}" for n in observables]
+        return [names[c] for c in self.reason.tolist()]
+
+
+def _advance(x: Tensor, state, per_step, k_first: int, step: Step, records: _Records, slot: dict[int, int]):
+    """Steps ``k_first, k_first + 1, ...`` over one block's draws. No host synchronisation here: guard
+    firings are counted and observables written on the device (tests patch the synchronising calls)."""
+    for k, draw in enumerate(per_step, start=k_first):
+        x, state, fired = step(x, draw, state, k - 1)
+        if fired is not None:
+            records.count(fired)
+        i = slot.get(k)
+        if i is not None:
+            records.record(x, i)
+    return x, state
+
+
+def _given_draws(draws, layout, as_tuple: bool, steps: int, n: int) -> tuple[Tensor, ...]:
+    """Validate a draw sequence to replay: as the sampler makes it, with leading dims ``(steps, n_paths)``."""
+    parts = tuple(draws) if isinstance(draws, (tuple, list)) else (draws,)
+    kind = f"a tuple of {len(layout)} tensors" if as_tuple else "a tensor"
+    if isinstance(draws, (tuple, list)) != as_tuple or len(parts) != len(layout):
+        raise ValueError(f"`draws` must be {kind} (as the problem's sampler makes them), got {type(draws).__name__}"
+                         + (f" of length {len(parts)}" if isinstance(draws, (tuple, list)) else ""))
+    for t, (shape, dtype) in zip(parts, layout):
+        want = (steps, n, *shape)
+        if not isinstance(t, Tensor) or tuple(t.shape) != want or t.dtype != dtype:
+            got = (f"shape {tuple(t.shape)}, dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__)
+            raise ValueError(f"`draws` must have leading dims (steps, n_paths) = ({steps}, {n}): shape {want}, "
+                             f"dtype {dtype}, got {got}")
+    return parts
+
+
 def drive(x_all: Tensor, *, steps: int, record_every: int, observables: dict[str, Observable], seed: int,
           chunk_size: int | None, max_norm: float, progress: bool | None, sampler: streams.Sampler,
-          step: Step, init: Callable[[Tensor, Tensor], Any], dt: float, info: dict) -> Trajectory:
+          step: Step, init: Callable[[Tensor, Tensor], Any], dt: float, info: dict,
+          draws: "Tensor | tuple[Tensor, ...] | None" = None, keep_draws: bool = False) -> Trajectory:
     """Advance every path ``steps`` times and record observables at ``t = k * dt``.
 
     Args:
@@ -135,70 +252,70 @@ def drive(x_all: Tensor, *, steps: int, record_every: int, observables: dict[str
         sampler: Draws one step's randomness for a block of paths (see :class:`streams.PathStreams`).
         init: ``init(x_chunk, gaussian (n, d)) -> state`` for stateful methods (e.g. Eigen-SAM's vector).
         dt: Time per step (``lr`` for discrete runs, the solver step for SDEs).
+        draws: A draw sequence to replay instead of generating one: what ``sampler`` makes, with leading
+            dims ``(steps, n_paths)`` (a tensor, or a tuple of tensors when the sampler returns a tuple), on
+            any device. ``seed`` still sets the initial state of stateful methods.
+        keep_draws: Return the draws used as :attr:`Trajectory.draws`, on the CPU. Memory: ``steps * n_paths``
+            times the size of one draw (e.g. ``4 * steps * n_paths * d`` bytes for float32 Gaussian noise).
     """
     n, d = x_all.shape
     device = x_all.device
     ks = record_times(steps, record_every)
     slot = {k: i for i, k in enumerate(ks)}
-    values = {name: torch.full((len(ks), n), math.nan, dtype=x_all.dtype) for name in observables}
+    values = [torch.full((len(ks), n), math.nan, dtype=x_all.dtype) for _ in observables]
     diverged = torch.zeros(n, dtype=torch.bool)
-    diverged_at = torch.full((n,), math.nan, dtype=torch.float64)
+    first_seen = torch.full((n,), -1, dtype=torch.long)
+    reasons: list[str] = []
     x_final = torch.empty_like(x_all, device="cpu")
-    guard = torch.zeros((), dtype=torch.long, device=device)
+    guard = 0
     noise = streams.PathStreams(seed, n, device)
     init_noise = streams.PathStreams(seed, n, device, stream=1)
     gauss = lambda shape, g: torch.randn(*shape, d, generator=g, dtype=x_all.dtype, device=device)
     layout, as_tuple = _layout(sampler, device)
+    given = None if draws is None else _given_draws(draws, layout, as_tuple, steps, n)
+    kept = tuple(torch.empty(steps, n, *shape, dtype=dtype) for shape, dtype in layout) if keep_draws else None
     block = _steps_per_draw(layout)
-    check_norm = math.isfinite(max_norm)
     parts = streams.chunks(n, chunk_size)
     show = progress if progress is not None else (steps * n >= 10**7 and sys.stderr.isatty())
     bar = tqdm(total=steps * len(parts), disable=not show, desc=info.get("kind", "run"), unit="step")
 
     width = max(b - a for a, b in parts)
     buffers = (tuple(torch.empty(block, width, *shape, dtype=dtype, device=device) for shape, dtype in layout)
-               if width > streams.BLOCK else ())
+               if width > streams.BLOCK and given is None else ())
+    cap = min(len(ks), block + 1)  # recordings between two flushes, at most
     for a, b in parts:
         x = x_all[a:b].clone()
         state = init(x, init_noise.draw(a, b, 1, gauss)[0])
-        alive = torch.ones(b - a, dtype=torch.bool, device=device)
-
-        def record(k: int) -> None:
-            nonlocal x
-            # A row with a NaN or an inf has a non-finite sum; the sum is one cheap reduction, where
-            # isfinite(x).all(-1) costs several passes. Flagged rows are then tested exactly (a finite row
-            # whose sum overflows is not diverged unless its norm exceeds max_norm).
-            newly = alive & ~torch.isfinite(x.sum(dim=-1))
-            if check_norm:
-                newly |= alive & (torch.linalg.vector_norm(x, dim=-1) > max_norm)
-            if bool(newly.any()):
-                rows = newly.nonzero().squeeze(-1)
-                exact = ~torch.isfinite(x[rows]).all(dim=-1)
-                if check_norm:
-                    exact |= torch.linalg.vector_norm(x[rows], dim=-1) > max_norm
-                newly[rows] = exact
-                diverged_at[a:b][newly.cpu()] = k * dt
-                alive.logical_and_(~newly)
-                x = torch.where(alive.unsqueeze(-1), x, math.nan)
-            for name, fn in observables.items():
-                values[name][slot[k], a:b] = torch.where(alive, fn(x), math.nan).detach().cpu()
-
-        record(0)
+        records = _Records(observables, cap=cap, m=b - a, dtype=x_all.dtype, device=device, max_norm=max_norm)
+        records.record(x, 0)
         for k0 in range(0, steps, block):
-            draws = _draw(noise, a, b, block, sampler, buffers, as_tuple)
             todo = min(block, steps - k0)
+            if given is None:
+                blk = _draw(noise, a, b, block, sampler, buffers, as_tuple)
+                blk = blk if as_tuple else (blk,)
+            else:
+                blk = tuple(t[k0:k0 + todo, a:b].to(device) for t in given)
+            if kept is not None:
+                for dst, src in zip(kept, blk):
+                    dst[k0:k0 + todo, a:b].copy_(src[:todo])
             # One unbind per block instead of an index per step (and per tensor of a tuple draw).
-            per_step = zip(*(t.unbind(0) for t in draws)) if as_tuple else draws.unbind(0)
-            for k, draw in zip(range(k0 + 1, k0 + todo + 1), per_step):
-                x, state, fired = step(x, draw, state, k - 1)
-                if fired is not None:
-                    guard += fired.sum()
-                if k in slot:
-                    record(k)
-            del draws, per_step  # free the block before the next one is generated
+            per_step = zip(*(t[:todo].unbind(0) for t in blk)) if as_tuple else blk[0][:todo].unbind(0)
+            x, state = _advance(x, state, per_step, k0 + 1, step, records, slot)
+            del blk, per_step  # free the block before the next one is generated
+            records.flush(values, a, b)
             bar.update(todo)
+        alive, fired = records.finish()
+        guard += fired
         x_final[a:b] = x.detach().cpu()
-        diverged[a:b] = ~alive.cpu()
+        x_final[a:b][~alive] = math.nan
+        diverged[a:b] = ~alive
+        first_seen[a:b] = records.first
+        reasons += records.reasons(observables)
     bar.close()
-    return Trajectory(times=torch.tensor(ks, dtype=torch.float64) * dt, values=values, x_final=x_final,
-                      diverged=diverged, diverged_at=diverged_at, guard_count=int(guard), info=info)
+    times = torch.tensor(ks, dtype=torch.float64) * dt
+    diverged_at = torch.where(diverged, times[first_seen.clamp_min(0)], math.nan)
+    if kept is not None:
+        kept = kept if as_tuple else kept[0]
+    return Trajectory(times=times, values=dict(zip(observables, values)), x_final=x_final, diverged=diverged,
+                      diverged_at=diverged_at, guard_count=guard, info=info, draws=kept,
+                      diverged_reason=reasons)

@@ -14,8 +14,9 @@ from torch import Tensor
 class Trajectory:
     """Per-path observables of many independent runs, on the SDE time scale :math:`t = k\\,\\eta`.
 
-    Paths that turned non-finite (or left ``max_norm``) are flagged in :attr:`diverged` and left out of
-    every statistic; :attr:`n_diverged` says how many.
+    Paths that turned non-finite, left ``max_norm`` or whose recorded observable was non-finite are flagged
+    in :attr:`diverged` (the reason in :attr:`diverged_reason`) and left out of every statistic;
+    :attr:`n_diverged` says how many.
 
     Attributes:
         times: ``(R,)`` recording times.
@@ -25,6 +26,12 @@ class Trajectory:
         diverged_at: ``(n_paths,)`` first recording time at which the path was seen diverged (NaN if never).
         guard_count: How many times (path-steps) a norm guard fired.
         info: What produced it (kind, method, hyper-parameters, model, seed, ...).
+        draws: The draws the run used, leading dims ``(steps, n_paths)`` (a tensor, or a tuple of tensors as
+            the sampler makes them), on the CPU; only with ``keep_draws=True`` (else ``None``). Pass them as
+            ``draws=`` to replay the run.
+        diverged_reason: Per path, why it was flagged: ``""`` (not diverged), ``"state"`` (non-finite
+            iterate), ``"max_norm"`` (``||x|| > max_norm``) or ``"observable:<name>"`` (that recorded
+            observable was non-finite while the iterate was finite), at the first recording where it was seen.
 
     Example:
         >>> traj.mean("loss"), traj.sem("loss")  # doctest: +SKIP
@@ -37,6 +44,15 @@ class Trajectory:
     diverged_at: Tensor
     guard_count: int = 0
     info: dict = field(default_factory=dict)
+    draws: Tensor | tuple[Tensor, ...] | None = None
+    diverged_reason: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.diverged_reason is None:  # made without reasons (e.g. the torchsde backend)
+            self.diverged_reason = ["unknown" if bad else "" for bad in self.diverged.tolist()]
+        if len(self.diverged_reason) != self.n_paths:
+            raise ValueError(f"`diverged_reason` must have one entry per path ({self.n_paths}), "
+                             f"got {len(self.diverged_reason)}")
 
     @property
     def n_paths(self) -> int:
@@ -83,14 +99,46 @@ class Trajectory:
                 frame[key] = self.info[key]
         return frame
 
+    @property
+    def divergence_counts(self) -> dict[str, int]:
+        """How many paths diverged for each reason, e.g. ``{"state": 3, "observable:loss": 1}``."""
+        counts: dict[str, int] = {}
+        for reason in self.diverged_reason:
+            if reason:
+                counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
     def save(self, path: str | Path) -> None:
-        """Save to a ``.pt`` file (tensors on CPU)."""
-        torch.save({k: getattr(self, k) for k in self.__dataclass_fields__}, Path(path))
+        """Save to a ``.pt`` file that :meth:`load` reads with ``torch.load(..., weights_only=True)``.
+
+        Only tensors (moved to the CPU), dicts, lists, tuples, strings, numbers, booleans and ``None`` are
+        written; any other value in :attr:`info` is stored as its ``repr``.
+        """
+        torch.save({k: _plain(getattr(self, k)) for k in self.__dataclass_fields__}, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "Trajectory":
-        return cls(**torch.load(Path(path), weights_only=False))
+        """Read a file written by :meth:`save` (``weights_only=True``: no arbitrary code is unpickled)."""
+        return cls(**torch.load(Path(path), weights_only=True))
 
     def __repr__(self) -> str:
         return (f"Trajectory({self.info.get('kind', '?')}, n_paths={self.n_paths}, n_diverged={self.n_diverged}, "
                 f"records={len(self.times)}, t1={float(self.times[-1]):.4g}, observables={self.observables})")
+
+
+def _plain(obj):
+    """``obj`` with only what ``torch.load(weights_only=True)`` accepts: CPU tensors, containers, scalars."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, (str, int, float, bool)) else repr(k)): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj) if type(obj) in (list, tuple) else [_plain(v) for v in obj]
+    if obj is None:
+        return None
+    for kind in (bool, int, float, str):  # also their subclasses (numpy floats, enums): as the plain type
+        if isinstance(obj, kind):
+            return kind(obj)
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():  # numpy scalars
+        return _plain(obj.item())
+    return repr(obj)

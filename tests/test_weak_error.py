@@ -18,6 +18,8 @@ MonteCarloFloorError, WeakErrorStudy, weak_error = wem.MonteCarloFloorError, wem
 cells_mod = importlib.import_module("sde_sam.weak_error.cells")
 
 F64 = torch.float64
+# Several tests use one lr on purpose; the up-front warning has its own test (pytest.warns still sees it).
+pytestmark = pytest.mark.filterwarnings("ignore:lrs=.*a slope needs at least two")
 
 
 @pytest.fixture
@@ -61,7 +63,8 @@ def test_ou_moments_with_a_zero_and_negative_eigenvalue():
 def test_exact_mode_matches_math_closed_forms(quad, x0):
     """MATH §3.4: E f(x_k) and E f(X_t) for diagonal H and Σ = σ² I, at every compared time."""
     lr, rho, lam = 0.05, 0.2, np.array([1.0, 4.0])
-    study = exact_study(quad, x0, lrs=[lr], horizon=1.0, rho=rho, sde_order=1)
+    with pytest.warns(UserWarning, match="a slope needs at least two learning rates"):
+        study = exact_study(quad, x0, lrs=[lr], horizon=1.0, rho=rho, sde_order=1)
     t = study.table[study.table["test_function"] == "loss"]
     a, x = lam * (1 + rho * lam), x0.numpy()
     k = np.rint(t["time"].to_numpy() / lr)[:, None]
@@ -79,7 +82,12 @@ def test_exact_order_one_slope_with_fixed_rho(quad, x0):
     for tf in ("loss", "x_norm_sq"):
         fit = study.order(tf)
         assert abs(fit.slope - 1) < 0.1, fit
-        assert fit.fit == "ols" and fit.ci_low < fit.slope < fit.ci_high
+        # Exact points have no noise: no CI, and local slopes between consecutive lrs tending to 1.
+        assert fit.fit == "exact" and math.isnan(fit.ci_low) and math.isnan(fit.ci_high) and not fit.inconclusive
+        local = fit.local_slopes["slope"].to_numpy()
+        assert len(local) == 3 and (np.abs(local - 1) < 0.1).all()
+        assert abs(local[-1] - 1) <= abs(local[0] - 1)
+        assert "no CI; local slopes" in str(fit)
     assert study.mode == "exact" and study.config["n_paths"] is None
 
 
@@ -192,25 +200,30 @@ class _Interrupt(Exception):
 
 
 def test_interrupted_study_resumes_to_the_same_table(quad, x0, tmp_path, monkeypatch):
+    """Cells that fail are reported by key (CellErrors) after the others finished and were saved; a rerun
+    computes only the missing cells, and the study, saved and loaded, is bit-identical."""
+    from sde_sam.executors import CellErrors
+
     kw = dict(lrs=[0.1, 0.05], horizon=0.2, x0=x0, n_paths=1024, mode="monte_carlo", sde_order=[0, 1],
               test_functions=["loss", "grad_norm_plus_x_norm"], rho=0.1)
     reference = weak_error(quad, ss.USAM(0.1), **kw)
     calls, real = [], cells_mod._mc_cell
 
-    def flaky(*args, **kwargs):
+    def flaky(spec):
         if len(calls) == 4:
-            raise _Interrupt
-        calls.append(args[0])
-        return real(*args, **kwargs)
+            raise _Interrupt(spec.kind)
+        calls.append(spec.kind)
+        return real(spec)
 
     monkeypatch.setattr(cells_mod, "_mc_cell", flaky)
-    with pytest.raises(_Interrupt):
+    with pytest.raises(CellErrors, match="_Interrupt") as info:
         weak_error(quad, ss.USAM(0.1), results_dir=tmp_path, **kw)
+    assert len(info.value.errors) == 6
     assert len(list((tmp_path / "cells").glob("*.csv"))) == 4 and not list((tmp_path / "cells").glob("*.tmp"))
 
-    def counting(*args, **kwargs):
-        calls.append(args[0])
-        return real(*args, **kwargs)
+    def counting(spec):
+        calls.append(spec.kind)
+        return real(spec)
 
     monkeypatch.setattr(cells_mod, "_mc_cell", counting)
     calls.clear()
@@ -220,15 +233,18 @@ def test_interrupted_study_resumes_to_the_same_table(quad, x0, tmp_path, monkeyp
     pd.testing.assert_frame_equal(resumed.table, reference.table, check_exact=True)
     pd.testing.assert_frame_equal(resumed.solver_error, reference.solver_error, check_exact=True)
 
-    # A lost cell is recomputed alone; the saved study reloads as it was.
+    # A lost cell is recomputed alone; the saved study reloads bit for bit (CSV read as round trip).
     next((tmp_path / "cells").glob("order1_lr=0.05_*.csv")).unlink()
     calls.clear()
     again = weak_error(quad, ss.USAM(0.1), results_dir=tmp_path, **kw)
     assert calls == ["order 1"]
     pd.testing.assert_frame_equal(again.table, reference.table, check_exact=True)
     loaded = WeakErrorStudy.load(tmp_path)
-    pd.testing.assert_frame_equal(loaded.table, reference.table, check_exact=True)
-    assert loaded.order("loss", "order 1").slope == pytest.approx(reference.order("loss", "order 1").slope)
+    for name in ("table", "solver_table", "cells"):
+        pd.testing.assert_frame_equal(getattr(loaded, name), getattr(again, name), check_exact=True)
+    assert loaded.config == again.config and loaded.mode == again.mode
+    pd.testing.assert_frame_equal(loaded.max_gaps(), reference.max_gaps(), check_exact=True)
+    assert loaded.order("loss", "order 1").slope == reference.order("loss", "order 1").slope
 
 
 def test_results_dir_refuses_a_different_study(quad, x0, tmp_path):
@@ -245,7 +261,9 @@ def test_results_dir_refuses_a_different_study(quad, x0, tmp_path):
 def test_table_columns_relative_and_plot(quad, x0, tmp_path):
     study = exact_study(quad, x0, lrs=[0.1, 0.05, 0.025], horizon=0.5, sde_order=[0, 1])
     assert list(study.table.columns) == ["lr", "rho", "model", "test_function", "time", "discrete_mean",
-                                         "discrete_se", "sde_mean", "sde_se", "gap", "gap_se"]
+                                         "discrete_se", "sde_mean", "sde_se", "gap", "gap_se",
+                                         "gap_a", "gap_se_a", "gap_b", "gap_se_b"]
+    assert study.table["gap_a"].isna().all()  # exact mode: no halves
     np.testing.assert_allclose(study.table["gap"], study.table["discrete_mean"] - study.table["sde_mean"])
     rel = study.relative("loss")
     assert list(rel.columns) == ["lr", "rho", "model", "relative_error"] and len(rel) == 6
@@ -272,7 +290,7 @@ def test_order_arguments(quad, x0):
     with pytest.raises(ValueError, match="at least 2 learning rates"):
         study.order("loss", "order 1", lrs=[0.1])
     two = study.order("loss", "order 1", lrs=[0.1, 0.05])
-    assert two.dof == 0 and two.ci_low == two.ci_high == two.slope
+    assert two.dof == 0 and math.isnan(two.ci_low) and two.local_slopes["slope"].item() == pytest.approx(two.slope)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -286,7 +304,7 @@ def test_order_arguments(quad, x0):
     (dict(test_functions=["bogus"]), "`test_functions` entries must be"),
     (dict(x0=torch.zeros(3, 2, dtype=F64)), r"`x0` must have shape \(d,\)"),
     (dict(x0=torch.zeros(2)), "dtype"),
-    (dict(n_paths=1), "`n_paths` must be an integer >= 2"),
+    (dict(n_paths=3), "`n_paths` must be an integer >= 4"),
     (dict(diffusion="sqrt"), "`diffusion` must be"),
 ])
 def test_validation(quad, kwargs, match):

@@ -1,6 +1,7 @@
-"""Weak-error studies (MATH §5), by role: :mod:`.api` (``weak_error``), :mod:`.cells` (one Monte-Carlo
-piece per cell), :mod:`.exact` (closed-form moments), :mod:`.estimators` (floor, order fits),
-:mod:`.study` (the result object) and :mod:`.storage` (files)."""
+"""Weak-error studies (MATH §5), by role: :mod:`.api` (:func:`weak_error`), :mod:`.cells` (one independent
+piece of work per cell), :mod:`.exact` (closed-form moments), :mod:`.coupling` (coupled estimates),
+:mod:`.estimators` (the selection-free gap, the floor, the order fit), :mod:`.study` (the result object),
+:mod:`.figure` and :mod:`.storage`."""
 from .api import COLUMNS, ORDERS, weak_error
 from .cells import DEFAULT_TEST_FUNCTIONS, model_label
 from .estimators import FLOOR, MonteCarloFloorError, OrderFit

@@ -6,11 +6,17 @@ each SDE model at common times :math:`t = k\eta\le T`, with standard errors, and
 
 .. math:: \max_{k\le T/\eta}\big|\mathbb E\phi(x_k) - \mathbb E\phi(X_{k\eta})\big| \approx C\,\eta^{\alpha}.
 
-Two modes. *Exact* (linear-Gaussian cases: SGD or USAM on a :class:`~sde_sam.Quadratic`): the discrete mean
-and covariance recursions and the Ornstein–Uhlenbeck mean and Lyapunov covariance (MATH §3.4) give the
-expectations of quadratic test functions with no Monte-Carlo error. *Monte Carlo*: :func:`sde_sam.run`
-for the method and :func:`sde_sam.simulate` for each model, independent seeds, the SDE integrated with
-:math:`\Delta t = \eta/\texttt{dt\_ratio}` (MATH §4: :math:`\Delta t\ge\eta` proves nothing).
+Three ways to estimate. *Exact* (linear-Gaussian cases: SGD or USAM, with or without momentum, on a
+:class:`~sde_sam.Quadratic`): mean and covariance recursions and Ornstein–Uhlenbeck moments (MATH §3.4,
+§3.5), no Monte-Carlo error. *Monte Carlo*: :func:`sde_sam.run` for the method and :func:`sde_sam.simulate`
+for each model, independent seeds, the SDE integrated with :math:`\Delta t = \eta/\texttt{dt\_ratio}`
+(MATH §4: :math:`\Delta t\ge\eta` proves nothing). *Coupled* (``coupling=True``, MATH §5.1): both driven by
+the same Gaussian draws, so the gap's SE shrinks with the gap. The max-over-time gap is chosen on one half
+of the paths and estimated on the other (:mod:`.estimators`), so it is not biased by the maximum.
+
+Every cell (a discrete run, a model, a solver check, per lr) computes from its own spec and seed, through
+:func:`sde_sam.executors.run_cells` (``executor=``); this process alone writes ``results_dir``, one file per
+cell as it completes, and a rerun computes only the missing cells.
 
 Example:
     >>> prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64)), noise_cov=1.0)
@@ -23,40 +29,39 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import _checks
+from ..executors import run_cells
 from ..methods import Method
 from ..problems.base import Problem
 from ..problems.gaussian import Objective
-from . import cells
-from .cells import _test_functions, model_label
-from .exact import EXACT_TEST_FUNCTIONS, _exact_applicable, _exact_cell, _warn_unstable
-from .storage import _Store
+from . import cells as cells_mod
+from .cells import CellSpec, cell_specs, model_label, test_function_specs
+from .exact import EXACT_TEST_FUNCTIONS, _exact_applicable, _warn_unstable
+from .storage import CellStore
 from .study import WeakErrorStudy
 
 ORDERS = (0, 1, 2, "exact")
 COLUMNS = ["lr", "rho", "model", "test_function", "time", "discrete_mean", "discrete_se",
-           "sde_mean", "sde_se", "gap", "gap_se"]
+           "sde_mean", "sde_se", "gap", "gap_se", "gap_a", "gap_se_a", "gap_b", "gap_se_b"]
+DEFAULT_N_PATHS = 20_000
 
 
-# -- the study ---------------------------------------------------------------------------------------------
 def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizon: float, x0: torch.Tensor,
-               n_paths: int = 20_000, seed: int = 0, test_functions: Sequence | None = None,
+               n_paths: int = DEFAULT_N_PATHS, seed: int = 0, test_functions: Sequence | None = None,
                sde_order=1, rho: float | Callable[[float], float] | None = None, dt_ratio: int = 10,
-               mode: str = "auto", record_every: int | None = None, diffusion: str = "factor",
-               expectation: str = "auto", increments: str = "gaussian", solver_check: bool = True,
-               chunk_size: int | None = None, max_norm: float = math.inf,
-               results_dir: str | Path | None = None, progress: bool | None = None) -> WeakErrorStudy:
+               mode: str = "auto", coupling: bool = False, record_every: int | None = None,
+               diffusion: str = "factor", expectation: Any = "auto", increments: str = "gaussian",
+               solver_check: bool = True, chunk_size: int | None = None, max_norm: float = math.inf,
+               results_dir: str | Path | None = None, executor: Any = None,
+               progress: bool | None = None) -> WeakErrorStudy:
     r"""Weak error of ``method`` against its SDE models over a grid of learning rates (MATH §5).
 
     For each ``lr`` the method runs ``floor(horizon / lr)`` steps; each model is integrated by
@@ -66,25 +71,32 @@ def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizo
 
     Args:
         problem: The objective and noise model.
-        method: The discrete method; its ``lr`` (and ``rho``, see below) are replaced per grid point.
-        lrs: Learning rates.
+        method: The discrete method; its ``lr`` (and ``rho``, see below) are replaced per grid point. Momentum
+            methods are compared with the momentum SDE (MATH §3.5).
+        lrs: Learning rates (a slope needs at least two).
         horizon: Time horizon :math:`T` on the SDE scale.
         x0: ``(d,)`` start shared by every path, in the problem's dtype.
-        n_paths: Paths per simulation (Monte Carlo).
-        seed: Seed; each (lr, piece) gets an independent stream derived from it and the lr's value.
+        n_paths: Paths per simulation (Monte Carlo; at least 4, split in two halves). Exact mode ignores it.
+        seed: Seed; each cell gets an independent stream derived from it, the lr's value and the cell's kind.
         test_functions: Names (``"loss"``, ``"x_norm_sq"``, ``"grad_norm_plus_x_norm"``, ``"grad_norm"``,
             ``"x_norm"``, ``"lambda_max"``) or callables ``(n_paths, d) -> (n_paths,)`` named by ``__name__``.
             Default: loss, :math:`\|x\|^2` and :math:`\|\nabla f\| + \|x\|` (the SAM-SDE paper's).
         sde_order: ``0``, ``1``, ``2``, ``"exact"``, or a list of them, compared in one study.
         rho: ``None`` (the method's), a float, or a callable ``lr -> rho`` (e.g. ``lambda lr: lr**0.5``).
         dt_ratio: ``lr / dt`` (integer; below 2 warns: :math:`\Delta t\ge\eta` proves nothing, MATH §4).
-        mode: ``"auto"`` (exact when SGD/USAM on a :class:`~sde_sam.Quadratic`), ``"exact"`` or ``"monte_carlo"``.
+        mode: ``"auto"`` (exact when SGD/USAM on a :class:`~sde_sam.Quadratic` and not coupled), ``"exact"``
+            or ``"monte_carlo"``.
+        coupling: Drive the discrete method and each model by the same Gaussian draws (MATH §5.1): additive
+            Gaussian noise and SGD, USAM, DNSAM or Unified SAM with ``lam=0`` (and their momentum forms) with
+            an affine model; anything else is a ``ValueError`` saying why.
         record_every: Discrete steps between compared times (default: every step in exact mode, about 100
             times per run in Monte Carlo).
         diffusion, expectation, increments: Passed to :func:`sde_sam.sde_model` / :func:`sde_sam.simulate`.
         solver_check: Also integrate each model at ``dt / 2`` and report the difference (``solver_error``).
         chunk_size, max_norm: Passed to the runners.
         results_dir: Save each finished cell there (CSV, with ``config.json``) and resume from it.
+        executor: ``None`` (cells one after another here) or any ``concurrent.futures``-style executor, e.g.
+            :class:`sde_sam.executors.RayExecutor` (see :func:`sde_sam.executors.run_cells`).
         progress: Progress bar over cells (``None``: on a terminal, in Monte-Carlo mode).
 
     Returns:
@@ -98,46 +110,73 @@ def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizo
     """
     lrs, orders, rho = _check_arguments(problem, method, lrs=lrs, horizon=horizon, x0=x0, n_paths=n_paths,
                                         dt_ratio=dt_ratio, record_every=record_every, sde_order=sde_order,
-                                        mode=mode, diffusion=diffusion, rho=rho)
-    mode, tfs = _resolve_mode(problem, method, mode, _test_functions(problem, test_functions), lrs, rho)
+                                        mode=mode, diffusion=diffusion, rho=rho, coupling=coupling)
+    mode, tfs = _resolve_mode(problem, method, mode, test_function_specs(test_functions), lrs, rho, coupling)
+    if mode == "exact" and n_paths != DEFAULT_N_PATHS:
+        warnings.warn(f"exact mode computes the moments in closed form and ignores n_paths={n_paths}; pass "
+                      "mode='monte_carlo' to simulate paths", stacklevel=2)
+    if len(lrs) < 2:
+        warnings.warn(f"lrs={lrs}: a slope needs at least two learning rates; the study gives the gaps only",
+                      stacklevel=2)
     grid = []
     for lr in lrs:
         m = method.with_lr(lr) if rho is None else method.with_lr(lr).with_rho(float(rho(lr)) if callable(rho) else rho)
         steps = int(math.floor(horizon / lr + 1e-9))
         every = record_every or (1 if mode == "exact" else max(1, -(-steps // 100)))
-        grid.append((lr, m, steps, min(every, steps)))
+        grid.append((m, steps, min(every, steps)))
     labels = {model_label(o): o for o in orders}
-    config = {"mode": mode, "method": {**method.describe(), "method": method.name}, "problem": _fingerprint(problem, x0),
-              "x0": x0.detach().cpu().double().tolist(), "horizon": float(horizon), "lrs": lrs,
-              "rho_spec": _describe_rho(lrs, [m.rho for _, m, *_ in grid]), "models": list(labels),
-              "test_functions": list(tfs), "n_paths": n_paths if mode == "monte_carlo" else None,
-              "seed": seed, "dt_ratio": dt_ratio, "record_every": record_every, "diffusion": diffusion,
-              "expectation": expectation, "increments": increments, "solver_check": bool(solver_check),
-              "max_norm": max_norm if math.isfinite(max_norm) else None}
-    for key in ("lr", "rho"):  # per cell, not per study
-        config["method"].pop(key, None)
-
-    # The cells, in order: each lr's discrete run, then each model and its solver check.
-    jobs = []
-    for lr, m, steps, every in grid:
-        jobs.append(("discrete", m, steps, every, None))
-        for label, order in labels.items():
-            jobs += [(label, m, steps, every, order)] + ([("solver " + label, m, steps, every, order)] if solver_check else [])
+    coupled = coupling and mode != "exact"
+    if coupled:
+        _check_coupling(problem, grid, labels, diffusion, expectation, increments)
+    config = _config(problem, method, x0, mode, horizon, lrs, grid, labels, tfs, n_paths, seed, dt_ratio,
+                     record_every, diffusion, expectation, increments, solver_check, max_norm, coupled)
     opts = dict(problem=problem, x0=x0, tfs=tfs, n_paths=n_paths, seed=seed, dt_ratio=dt_ratio,
                 diffusion=diffusion, expectation=expectation, increments=increments, chunk_size=chunk_size,
                 max_norm=max_norm)
-    show = progress if progress is not None else (mode == "monte_carlo" and sys.stderr.isatty())
-    done, cell_rows = _run_cells(jobs, _exact_cell if mode == "exact" else cells._mc_cell, opts,
-                             _Store(results_dir, config), show, n_paths if mode == "monte_carlo" else None)
-    table, solver = _assemble(grid, labels, done, solver_check, dt_ratio)
-    study = WeakErrorStudy(table=table, solver_error=solver, cells=pd.DataFrame(cell_rows), config=config, mode=mode)
+    specs = cell_specs(grid, labels, mode, coupled, solver_check, opts)
+    show = progress if progress is not None else None if mode == "monte_carlo" else False
+    done, cell_rows = _run(specs, CellStore(results_dir, config), executor, show, n_paths if mode != "exact" else None)
+    table, solver = _assemble(grid, labels, done, mode, coupled, solver_check, dt_ratio)
+    study = WeakErrorStudy(table=table, solver_table=solver, cells=pd.DataFrame(cell_rows), config=config, mode=mode)
     if results_dir is not None:
         study.save(results_dir)
     return study
 
 
+def _cell(spec: CellSpec):
+    """The cell function handed to the executor (module level: it pickles)."""
+    return cells_mod.compute_cell(spec)
+
+
+def _run(specs: list[CellSpec], store: CellStore, executor, show, n_paths: int | None):
+    """Load the saved cells, run the missing ones through ``run_cells`` (saving each as it completes)."""
+    done, source, seconds = {}, {}, {}
+    for spec in specs:
+        frame = store.get(spec.key)
+        if frame is not None:
+            done[spec.key], source[spec.key], seconds[spec.key] = frame, "loaded", 0.0
+
+    def finished(key, result) -> None:  # in this process only: the one writer of results_dir
+        frame, secs = result
+        store.put(key, frame)
+        done[key], source[key], seconds[key] = frame, "computed", secs
+
+    todo = [(s.key, s) for s in specs if s.key not in done]
+    run_cells(todo, _cell, executor=executor, on_result=finished, progress=show, desc="weak error")
+    rows = []
+    for spec in specs:
+        frame = done[spec.key]
+        n_div = int(frame["n_diverged"].iloc[0]) if "n_diverged" in frame else 0
+        if n_div and source[spec.key] == "computed":
+            warnings.warn(f"{spec.kind} at lr={spec.method.lr:g}: {n_div} of {n_paths} paths diverged and are "
+                          "left out", stacklevel=3)
+        rows.append({"kind": spec.kind, "lr": spec.method.lr, "rho": spec.method.rho, "n_paths": n_paths,
+                     "n_diverged": n_div, "seconds": seconds[spec.key], "source": source[spec.key]})
+    return done, rows
+
+
 def _check_arguments(problem, method, *, lrs, horizon, x0, n_paths, dt_ratio, record_every, sde_order, mode,
-                     diffusion, rho) -> tuple[list[float], list, float | Callable | None]:
+                     diffusion, rho, coupling) -> tuple[list[float], list, float | Callable | None]:
     """Validate at the public boundary; return the lrs as floats, the orders as a list, and rho."""
     if not isinstance(problem, Problem):
         raise TypeError(f"`problem` must be an sde_sam Problem, got {type(problem).__name__}")
@@ -148,7 +187,7 @@ def _check_arguments(problem, method, *, lrs, horizon, x0, n_paths, dt_ratio, re
         raise ValueError(f"`lrs` must be a non-empty list of distinct learning rates, got lrs={lrs}")
     if _checks.positive("horizon", horizon) < max(lrs) * (1 - 1e-9):
         raise ValueError(f"`horizon` must be >= the largest lr (one step), got horizon={horizon}, lrs={lrs}")
-    _checks.positive_int("n_paths", n_paths, minimum=2)
+    _checks.positive_int("n_paths", n_paths, minimum=4)
     if _checks.positive_int("dt_ratio", dt_ratio) < 2:
         warnings.warn(f"dt_ratio={dt_ratio}: with dt >= lr Euler–Maruyama of the SDE can coincide with the "
                       "discrete method in law, so the study proves nothing (MATH §4); use dt_ratio >= 2 (default 10)",
@@ -160,6 +199,11 @@ def _check_arguments(problem, method, *, lrs, horizon, x0, n_paths, dt_ratio, re
         raise ValueError(f"`sde_order` must be one of {ORDERS} or a list of distinct ones, got sde_order={sde_order!r}")
     if mode not in ("auto", "exact", "monte_carlo"):
         raise ValueError(f"`mode` must be 'auto', 'exact' or 'monte_carlo', got mode={mode!r}")
+    if not isinstance(coupling, bool):
+        raise ValueError(f"`coupling` must be True or False, got coupling={coupling!r}")
+    if coupling and mode == "exact":
+        raise ValueError("`coupling=True` couples Monte-Carlo paths, but mode='exact' has none; use "
+                         "mode='monte_carlo' (or 'auto')")
     if diffusion not in ("factor", "paper"):
         raise ValueError(f"`diffusion` must be 'factor' or 'paper', got diffusion={diffusion!r}")
     if rho is not None and not callable(rho):
@@ -171,12 +215,13 @@ def _check_arguments(problem, method, *, lrs, horizon, x0, n_paths, dt_ratio, re
     return lrs, orders, rho
 
 
-def _resolve_mode(problem, method, mode: str, tfs: dict, lrs, rho) -> tuple[str, dict]:
+def _resolve_mode(problem, method, mode: str, tfs: dict, lrs, rho, coupling: bool) -> tuple[str, dict]:
     """``"exact"`` or ``"monte_carlo"``, and the test functions that mode can evaluate."""
     why_not = _exact_applicable(problem, method)
     if mode == "exact" and why_not:
         raise ValueError(f"`mode='exact'` needs a linear-Gaussian case, but {why_not}")
-    mode = ("monte_carlo" if why_not else "exact") if mode == "auto" else mode
+    if mode == "auto":
+        mode = "monte_carlo" if why_not or coupling else "exact"
     if mode == "monte_carlo":
         return mode, tfs
     _warn_unstable(problem, method, lrs, rho)
@@ -190,22 +235,32 @@ def _resolve_mode(problem, method, mode: str, tfs: dict, lrs, rho) -> tuple[str,
     return mode, tfs
 
 
-def _run_cells(jobs, compute, opts: dict, store: "_Store", show: bool, n_paths: int | None):
-    """Load or compute every cell in order (saving each as it finishes); a progress bar over cells."""
-    done, cells = {}, []
-    for kind, m, steps, every, order in tqdm(jobs, disable=not show, desc="weak error", unit="cell"):
-        key = (kind, m.lr, m.rho)
-        frame, source, t0 = store.get(key), "loaded", time.perf_counter()
-        if frame is None:
-            frame, source = compute(kind, m, steps, every, order, done, **opts), "computed"
-            store.put(key, frame)
-        done[key] = frame
-        n_div = int(frame["n_diverged"].iloc[0]) if "n_diverged" in frame else 0
-        if n_div and source == "computed":
-            warnings.warn(f"{kind} at lr={m.lr:g}: {n_div} of {n_paths} paths diverged and are left out", stacklevel=3)
-        cells.append({"kind": kind, "lr": m.lr, "rho": m.rho, "n_paths": n_paths, "n_diverged": n_div,
-                      "seconds": time.perf_counter() - t0, "source": source})
-    return done, cells
+def _check_coupling(problem, grid, labels, diffusion, expectation, increments) -> None:
+    """Every (lr, model) must admit the coupling; else a ``ValueError`` that says why (MATH §5.1)."""
+    from .. import sde_model
+    from .coupling import coupling_unsupported
+
+    m = grid[0][0]
+    for label, order in labels.items():
+        sde = sde_model(problem, m, order=order, diffusion=diffusion, expectation=expectation)
+        why = coupling_unsupported(problem, m, sde, diffusion=diffusion, increments=increments)
+        if why:
+            raise ValueError(f"`coupling=True` does not apply to the {label} model: {why}")
+
+
+def _config(problem, method, x0, mode, horizon, lrs, grid, labels, tfs, n_paths, seed, dt_ratio, record_every,
+            diffusion, expectation, increments, solver_check, max_norm, coupled) -> dict:
+    config = {"mode": mode, "method": {**method.describe(), "method": method.name},
+              "problem": _fingerprint(problem, x0), "x0": x0.detach().cpu().double().tolist(),
+              "horizon": float(horizon), "lrs": lrs, "rho_spec": _describe_rho(lrs, [m.rho for m, *_ in grid]),
+              "models": list(labels), "test_functions": list(tfs),
+              "n_paths": n_paths if mode == "monte_carlo" else None, "seed": seed, "dt_ratio": dt_ratio,
+              "record_every": record_every, "diffusion": diffusion, "expectation": expectation,
+              "increments": increments, "solver_check": bool(solver_check), "coupling": coupled,
+              "max_norm": max_norm if math.isfinite(max_norm) else None}
+    for key in ("lr", "rho"):  # per cell, not per study
+        config["method"].pop(key, None)
+    return config
 
 
 def _describe_rho(lrs: list[float], rhos: list[float]) -> str:
@@ -231,32 +286,41 @@ def _fingerprint(problem: Problem, x0: torch.Tensor) -> dict:
     return {"repr": repr(problem), "hash": digest[:16]}
 
 
+def _pair(disc: pd.DataFrame, sde: pd.DataFrame, exact: bool) -> dict:
+    """Table columns from independent discrete and SDE cells (halves: NaN in exact mode)."""
+    if len(sde) != len(disc) or not np.allclose(sde["time"], disc["time"], rtol=1e-9, atol=0):
+        raise RuntimeError("discrete and SDE records are not at the same times")
+    d, s = (lambda c: disc[c].to_numpy()), (lambda c: sde[c].to_numpy())
+    out = {"discrete_mean": d("mean"), "discrete_se": d("se"), "sde_mean": s("mean"), "sde_se": s("se"),
+           "gap": d("mean") - s("mean"), "gap_se": np.hypot(d("se"), s("se"))}
+    for h in ("a", "b"):
+        out[f"gap_{h}"] = np.full(len(disc), np.nan) if exact else d(f"mean_{h}") - s(f"mean_{h}")
+        out[f"gap_se_{h}"] = np.full(len(disc), np.nan) if exact else np.hypot(d(f"se_{h}"), s(f"se_{h}"))
+    return out
 
 
-def _assemble(grid, labels, done, solver_check: bool, dt_ratio: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The tidy table (discrete cell against each model cell, aligned on time) and the solver table."""
+def _assemble(grid, labels, done, mode: str, coupled: bool, solver_check: bool, dt_ratio: int):
+    """The tidy table and the per-time solver table, combining independent cells (only here)."""
     rows, solver = [], []
-    for lr, m, _, _ in grid:
-        disc = done[("discrete", lr, m.rho)]
+    for m, _, _ in grid:
+        lr = m.lr
         for label in labels:
-            sde = done[(label, lr, m.rho)]
-            if len(sde) != len(disc) or not np.allclose(sde["time"], disc["time"], rtol=1e-9, atol=0):
-                raise RuntimeError(f"discrete and {label} records at lr={lr} are not at the same times")
-            gap = disc["mean"].to_numpy() - sde["mean"].to_numpy()
-            rows.append(pd.DataFrame({
-                "lr": lr, "rho": m.rho, "model": label, "test_function": disc["test_function"],
-                "time": disc["time"], "discrete_mean": disc["mean"], "discrete_se": disc["se"],
-                "sde_mean": sde["mean"].to_numpy(), "sde_se": sde["se"].to_numpy(), "gap": gap,
-                "gap_se": np.hypot(disc["se"].to_numpy(), sde["se"].to_numpy())}))
-            if solver_check:
-                diff = done[("solver " + label, lr, m.rho)].assign(abs_gap=np.abs(gap))
-                for tf, g in diff.groupby("test_function", sort=False):
-                    i = g["mean"].abs().idxmax()
-                    solver.append({"lr": lr, "rho": m.rho, "model": label, "test_function": tf,
-                                   "dt": lr / dt_ratio, "max_abs_diff": abs(g.at[i, "mean"]),
-                                   "diff_se": g.at[i, "se"], "max_gap": g["abs_gap"].max()})
+            cell = done[(label, lr, m.rho)]
+            cols = ({c: cell[c].to_numpy() for c in COLUMNS[5:]} if coupled
+                    else _pair(done[("discrete", lr, m.rho)], cell, mode == "exact"))
+            times = (cell if coupled else done[("discrete", lr, m.rho)])["time"].to_numpy()  # t = k·lr exactly
+            head = {"lr": lr, "rho": m.rho, "model": label, "test_function": cell["test_function"].to_numpy(),
+                    "time": times}
+            rows.append(pd.DataFrame({**head, **cols}))
+            if not solver_check:
+                continue
+            half = done[("solver " + label, lr, m.rho)]
+            if mode == "exact":  # the cell holds the exact difference of EM's moments at dt and dt/2
+                diff, se = half["mean"].to_numpy(), np.zeros(len(half))
+            elif coupled:  # gap(dt/2) - gap(dt) = sde(dt) - sde(dt/2), two independent coupled estimates
+                diff, se = half["gap"].to_numpy() - cell["gap"].to_numpy(), np.hypot(half["gap_se"], cell["gap_se"])
+            else:  # independent seeds
+                diff, se = cell["mean"].to_numpy() - half["mean"].to_numpy(), np.hypot(cell["se"], half["se"])
+            solver.append(pd.DataFrame({**head, "dt": lr / dt_ratio, "diff": diff, "diff_se": np.asarray(se)}))
     table = pd.concat(rows, ignore_index=True)[COLUMNS]
-    if not solver_check:
-        return table, None
-    solver = pd.DataFrame(solver)
-    return table, solver.assign(ratio=solver["max_abs_diff"] / solver["max_gap"])
+    return table, (pd.concat(solver, ignore_index=True) if solver_check else None)

@@ -1,4 +1,7 @@
-"""Exact moments of linear-Gaussian cases (MATH §3.4): SGD and USAM on a quadratic, discrete and OU."""
+r"""Exact moments of linear-Gaussian cases (MATH §3.4, §3.5): SGD and USAM (with or without momentum) on a
+quadratic. The discrete method is linear in its state (``x``, or ``(x, u)`` with a momentum buffer), so its
+mean and covariance follow a recursion; the SDE is Ornstein–Uhlenbeck, with closed-form mean and Lyapunov
+covariance. Quadratic test functions then have exact expectations: no Monte-Carlo error at all."""
 from __future__ import annotations
 
 import warnings
@@ -12,7 +15,6 @@ from ..methods import SGD, USAM, Method, UnifiedSAM
 from ..observables import record_times
 from ..problems.base import Problem
 from ..problems.gaussian import Quadratic
-from .storage import frame
 
 EXACT_TEST_FUNCTIONS = ("loss", "x_norm_sq")
 """Test functions with closed-form Gaussian expectations (quadratic in x), available in exact mode."""
@@ -23,20 +25,24 @@ def _exact_applicable(problem: Problem, method: Method) -> str | None:
     """``None`` if exact moments apply, else why not."""
     if not isinstance(problem, Quadratic):
         return f"the problem is a {type(problem).__name__}, not a Quadratic with additive Gaussian noise"
-    if not (type(method) in (SGD, USAM) or (isinstance(method, UnifiedSAM) and method.lam == 0.0)):
-        return f"the method is {method.name}, not SGD or USAM (whose step is linear on a quadratic)"
+    if not (type(method) in (SGD, USAM) or (type(method) is UnifiedSAM and method.lam == 0.0)):
+        return (f"the method is {method.name}, not SGD or USAM (with or without momentum), whose step is "
+                "linear on a quadratic")
     return None
 
 
 def _warn_unstable(problem: Quadratic, method: Method, lrs, rho) -> None:
-    """Discrete USAM on a quadratic diverges when some lr·λ(1+ρλ) leaves [0, 2] (MATH §7)."""
+    """Discrete USAM on a quadratic diverges when some lr·λ(1+ρλ) leaves [0, 2] (MATH §7); with momentum β
+    the bound is 2(1+β) (heavy ball) or 2(1+β)/(1+2β) (Nesterov)."""
     lam = torch.linalg.eigvalsh(0.5 * (problem.H + problem.H.T)).double()
+    b = method.momentum
+    edge = 2 * (1 + b) / (1 + 2 * b) if method.nesterov else 2 * (1 + b)
     for lr in lrs:
         r = method.rho if rho is None else (rho(lr) if callable(rho) else rho)
         a = lr * lam * (1 + r * lam)
-        if bool((a > 2).any()):
+        if bool((a > edge).any()):
             warnings.warn(f"discrete {method.name} is unstable at lr={lr:g}, rho={r:g}: lr·λ(1+ρλ) = "
-                          f"{float(a.max()):.3g} > 2, its moments diverge", stacklevel=3)
+                          f"{float(a.max()):.3g} > {edge:.3g}, its moments diverge", stacklevel=3)
 
 
 def _linear_model(problem: Quadratic, rho: float, order, diffusion: str) -> tuple[np.ndarray, np.ndarray]:
@@ -95,22 +101,51 @@ def _ou_moments(A: np.ndarray, Q: np.ndarray, lr: float, x0: np.ndarray, times: 
 
 
 
-def _exact_cell(kind, m, steps, every, order, done, *, problem, x0, tfs, dt_ratio, diffusion, **_) -> pd.DataFrame:
+def _discrete_system(A: np.ndarray, Q: np.ndarray, lr: float, beta: float, nesterov: bool):
+    r"""``(M, N)`` of the discrete method's linear recursion :math:`s_{k+1} = Ms_k + \text{noise}`, Cov ``N``.
+
+    Without momentum :math:`s = x`, :math:`x' = x - \eta(Ax + PZ)`, Cov(PZ) = Q. With momentum :math:`s = (x, u)`:
+    heavy ball :math:`u' = \beta u + Ax + PZ`, :math:`x' = x - \eta u'`; Nesterov
+    :math:`x' = x - \eta((1+\beta)(Ax + PZ) + \beta^2 u)` (MATH §2.1, §3.5).
+    """
+    d, eye = len(A), np.eye(len(A))
+    if beta == 0.0:
+        return eye - lr * A, lr**2 * Q
+    c = lr * (1 + beta) if nesterov else lr  # how much of G enters x'
+    bu = lr * beta**2 if nesterov else lr * beta  # how much of the old buffer enters x'
+    M = np.block([[eye - c * A, -bu * eye], [A, beta * eye]])
+    N = np.block([[c**2 * Q, -c * Q], [-c * Q, Q]])
+    return M, N
+
+
+def exact_cell(spec) -> pd.DataFrame:
+    """The exact expectations of one cell: the discrete method, a model, or (solver check) the exact
+    difference of Euler–Maruyama's moments at ``dt`` and ``dt/2``."""
+    from .cells import frame
+
+    problem, m, x0 = spec.problem, spec.method, spec.x0
     H = 0.5 * (problem.H + problem.H.T).detach().cpu().double().numpy()
     x = x0.detach().cpu().double().numpy()
-    lr, names, eye = m.lr, list(tfs), np.eye(x0.shape[0])
-    times = np.array(record_times(steps, every)) * lr
-    if kind == "discrete":
+    lr, names, d = m.lr, list(spec.tfs), x0.shape[0]
+    ks = record_times(spec.steps, spec.every)
+    times = np.array(ks) * lr
+    zeros = {"se": np.zeros(len(ks))}
+    if spec.kind == "discrete":
         A, Q = _linear_model(problem, m.rho, 1, "factor")  # USAM's step: x - lr (A x + P Z), Cov(P Z) = Q
-        ms, Cs = _linear_recursion(eye - lr * A, lr**2 * Q, x, record_times(steps, every))
-        return frame(times, _quad_expectations(names, H, ms, Cs), None)
-    A, Q = _linear_model(problem, m.rho, order, diffusion)
-    if kind.startswith("solver"):  # Euler–Maruyama's own moments at dt and dt/2: the solver error, exactly
+        M, N = _discrete_system(A, Q, lr, m.momentum, m.nesterov)
+        s0 = np.concatenate([x, np.zeros(len(M) - d)])
+        ms, Cs = _linear_recursion(M, N, s0, ks)
+        vals = _quad_expectations(names, H, ms[:, :d], Cs[:, :d, :d])
+        return frame(times, {k: {"mean": v, **zeros} for k, v in vals.items()})
+    A, Q = _linear_model(problem, m.rho, spec.order, spec.diffusion)
+    scale = 1.0 / (1.0 - m.momentum)  # momentum: the plain model at the effective rate lr/(1-β) (MATH §3.5)
+    A, Q = scale * A, scale**2 * Q
+    if spec.solver:  # Euler–Maruyama's own moments at dt and dt/2: the solver error, exactly
         em = []
-        for r in (dt_ratio, 2 * dt_ratio):
-            ms, Cs = _linear_recursion(eye - lr / r * A, lr**2 / r * Q, x, record_times(steps * r, every * r))
+        for r in (spec.dt_ratio, 2 * spec.dt_ratio):
+            ms, Cs = _linear_recursion(np.eye(d) - lr / r * A, lr**2 / r * Q, x,
+                                       record_times(spec.steps * r, spec.every * r))
             em.append(_quad_expectations(names, H, ms, Cs))
-        return frame(times, {k: em[0][k] - em[1][k] for k in names}, None)
+        return frame(times, {k: {"mean": em[0][k] - em[1][k], **zeros} for k in names})
     ms, Cs = _ou_moments(A, Q, lr, x, times)
-    return frame(times, _quad_expectations(names, H, ms, Cs), None)
-
+    return frame(times, {k: {"mean": v, **zeros} for k, v in _quad_expectations(names, H, ms, Cs).items()})

@@ -1,7 +1,6 @@
-"""The study object: the tidy table, the max-over-time gaps, the fitted orders, the summary and figure."""
+"""The study object: the tidy table, the selection-free gaps, the fitted orders, the summary, the figure."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,27 +9,31 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .estimators import FLOOR, MonteCarloFloorError, OrderFit, _fit_line
+from . import estimators as est
+from .estimators import FLOOR, OrderFit
+from .storage import load_frames, save_study
 
 
-@dataclass
+@dataclass(repr=False)
 class WeakErrorStudy:
-    """The outcome of :func:`weak_error`.
+    """The outcome of :func:`~sde_sam.weak_error.weak_error`.
 
     Attributes:
         table: Tidy DataFrame, one row per (lr, model, test_function, time): ``lr, rho, model,
             test_function, time, discrete_mean, discrete_se, sde_mean, sde_se, gap, gap_se`` with
-            ``gap = discrete - sde`` and ``gap_se`` the root sum of squares of the SEs (0 in exact mode).
-        solver_error: Max-over-time ``|sde(dt) - sde(dt/2)|`` per (lr, model, test_function) with its SE
-            and the max gap beside it (``None`` without ``solver_check``). In exact mode it is the exact
-            error of Euler–Maruyama's moments; in Monte Carlo it includes the noise of two runs.
-        cells: One row per computed piece (lr, model): paths, diverged paths, seconds, loaded or computed.
+            ``gap = discrete - sde`` (its SE: root sum of squares of independent runs, or the SE of the
+            per-path differences when coupled; 0 in exact mode), then ``gap_a, gap_se_a, gap_b, gap_se_b``,
+            the same on each half of the paths (NaN in exact mode).
+        solver_table: Per time, ``diff = sde(dt) - sde(dt/2)`` and its SE (``None`` without a solver check).
+            Exact mode: the exact difference of Euler–Maruyama's moments. Monte Carlo: independent seeds,
+            SE the root sum of squares; coupled: the difference of the two coupled gaps, with its SE.
+        cells: One row per cell: kind, lr, rho, paths, diverged paths, seconds, loaded or computed.
         config: The study's configuration (what ``results_dir/config.json`` holds).
         mode: ``"exact"`` or ``"monte_carlo"``.
     """
 
     table: pd.DataFrame
-    solver_error: pd.DataFrame | None
+    solver_table: pd.DataFrame | None
     cells: pd.DataFrame
     config: dict
     mode: str
@@ -42,6 +45,14 @@ class WeakErrorStudy:
     @property
     def test_functions(self) -> list[str]:
         return list(dict.fromkeys(self.table["test_function"]))
+
+    @property
+    def lrs(self) -> list[float]:
+        return list(dict.fromkeys(self.table["lr"]))
+
+    @property
+    def coupled(self) -> bool:
+        return bool(self.config.get("coupling", False))
 
     def _model(self, model: str | None) -> str:
         if model is None:
@@ -58,22 +69,40 @@ class WeakErrorStudy:
         return test_fn
 
     def max_gaps(self) -> pd.DataFrame:
-        """Per (lr, model, test_function): the time of the largest |gap| (t > 0), the gap there, its SE,
-        and ``under_floor`` (|gap| < 3 SE)."""
-        t = self.table[self.table["time"] > 0].assign(abs_gap=lambda f: f["gap"].abs()).dropna(subset=["abs_gap"])
-        keys = ["lr", "model", "test_function"]
-        best = t.loc[t.groupby(keys, sort=False)["abs_gap"].idxmax()]
-        best = best[keys + ["rho", "time", "gap", "gap_se", "abs_gap"]].reset_index(drop=True)
-        return best.assign(under_floor=best["abs_gap"] < FLOOR * best["gap_se"])
+        """The max-over-time gap per (lr, model, test_function), over times t > 0.
+
+        Monte Carlo: the cross-fitted gap (time chosen on one half of the paths, gap estimated on the other,
+        both ways round; see :mod:`sde_sam.weak_error.estimators`) in ``gap`` with ``gap_se``; ``time`` and
+        ``time_b`` the times chosen on each half; ``under_floor`` when ``gap < 3·gap_se``. Exact: the
+        largest |gap| and its time. Also ``abs_gap = |gap|``, ``direction`` (sign of discrete − SDE at
+        ``time``) and ``naive_max`` (the biased :math:`\\max_k|\\hat g_k|` on all paths, for reference).
+        """
+        rows = []
+        t = self.table[self.table["time"] > 0]
+        for (lr, model, tf), g in t.groupby(["lr", "model", "test_function"], sort=False):
+            times, gap = g["time"].to_numpy(), g["gap"].to_numpy()
+            row = {"lr": lr, "model": model, "test_function": tf, "rho": g["rho"].iloc[0]}
+            full = np.nan_to_num(np.abs(gap), nan=-1.0)
+            if self.mode == "exact":
+                k = int(np.argmax(full))
+                row.update(time=times[k], time_b=times[k], gap=abs(gap[k]), gap_se=0.0)
+            else:
+                row.update(est.split_gap(times, *(g[c].to_numpy() for c in ("gap_a", "gap_se_a", "gap_b", "gap_se_b"))))
+            k = int(np.argmin(np.abs(times - row["time"]))) if math.isfinite(row["time"]) else int(np.argmax(full))
+            row.update(direction=float(np.sign(gap[k])), naive_max=float(np.nanmax(np.abs(gap))))
+            rows.append(row)
+        out = pd.DataFrame(rows)
+        out["abs_gap"] = out["gap"].abs()
+        out["under_floor"] = False if self.mode == "exact" else ~(out["gap"] >= FLOOR * out["gap_se"])
+        return out[["lr", "model", "test_function", "rho", "time", "time_b", "gap", "gap_se", "abs_gap",
+                    "under_floor", "direction", "naive_max"]]
 
     def order(self, test_fn: str, model: str | None = None, *, lrs: Sequence[float] | None = None) -> OrderFit:
-        r"""Fit the weak order: slope of :math:`\log\max_k|\text{gap}|` against :math:`\log\eta`.
+        r"""Fit the weak order: slope of :math:`\log\hat G` against :math:`\log\eta` (MATH §5).
 
-        Monte Carlo: weighted least squares with weights from the delta method,
-        :math:`\mathrm{se}(\log g)\approx\mathrm{se}(g)/g`; a normal interval while the points scatter within
-        their SEs, else the SE inflated by :math:`\sqrt{\chi^2/\text{dof}}` and a t interval with
-        ``dof = points - 2``. Exact: ordinary least squares, a t interval from the residuals (degenerate with
-        2 points).
+        Monte Carlo: weighted least squares with the delta-method SEs and the 95% interval
+        ``slope ± 1.96·se·max(1, √(χ²/(m−2)))`` (see :mod:`sde_sam.weak_error.estimators`). Exact: OLS through
+        the exact points, local slopes between consecutive lrs, no interval.
 
         Args:
             test_fn: A test function of the study.
@@ -92,137 +121,96 @@ class WeakErrorStudy:
         pts = pts.reset_index(drop=True)
         if len(pts) < 2:
             raise ValueError(f"a slope needs at least 2 learning rates, got {len(pts)} for {model}, {test_fn}")
-        if (pts["abs_gap"] == 0).any():
+        if self.mode == "exact" and (pts["abs_gap"] == 0).any():
             raise ValueError(f"the gap of {model} on {test_fn} is exactly 0 at lr="
                              f"{pts.loc[pts['abs_gap'] == 0, 'lr'].tolist()}: no order to fit")
-        exact = self.mode == "exact"
-        if not exact and pts["under_floor"].any():
-            raise self._floor_error(pts, test_fn, model)
-        x, y = np.log(pts["lr"].to_numpy()), np.log(pts["abs_gap"].to_numpy())
-        sigma = None if exact else (pts["gap_se"] / pts["abs_gap"]).to_numpy()
-        a, slope, se, q, dof, note = _fit_line(x, y, sigma)
-        return OrderFit(test_fn, model, float(slope), float(a), float(slope - q * se), float(slope + q * se),
-                        float(se), dof, "ols" if exact else "wls", pts, note)
-
-    def _floor_error(self, pts: pd.DataFrame, test_fn: str, model: str) -> MonteCarloFloorError:
-        bad = pts[pts["under_floor"]]
-        n = int(self.config["n_paths"])
-        ratio = (FLOOR * bad["gap_se"] / bad["abs_gap"]).max()
-        needed = int(math.ceil(n * ratio**2)) if ratio < 1e3 else None
-        lrs = ", ".join(f"{lr:g} (gap {g:.3g} ± {s:.2g})" for lr, g, s in zip(bad["lr"], bad["gap"], bad["gap_se"]))
-        how = (f"about {needed:,} paths per simulation (n_paths·(3·gap_se/|gap|)², SE ∝ 1/√n_paths) would lift "
-               f"them above it, if the measured gaps are the true ones" if needed is not None
-               else "the gap is indistinguishable from 0 at any affordable number of paths")
-        return MonteCarloFloorError(
-            f"refusing to fit a slope for {model}, {test_fn}: at lr = {lrs} the max gap is below {FLOOR:g} "
-            f"standard errors (the Monte-Carlo floor) with n_paths={n}; {how}. Or drop those lrs (`lrs=`).",
-            needed, pts)
+        if self.mode != "exact" and pts["under_floor"].any():
+            raise est.floor_error(pts, test_fn, model, int(self.config["n_paths"]))
+        x, y = np.log(pts["lr"].to_numpy()), np.log(pts["gap"].to_numpy())
+        if self.mode == "exact":
+            fit, kind = est.fit_exact(x, y), "exact"
+        else:
+            fit, kind = est.fit_wls(x, y, (pts["gap_se"] / pts["gap"]).to_numpy()), "wls"
+        return OrderFit(test_fn, model, fit=kind, points=pts, **fit)
 
     def relative(self, test_fn: str) -> pd.DataFrame:
         r"""The SAM-SDE paper's statistic :math:`\max_k|\bar\phi_d - \bar\phi_s| / \mathrm{mean}_k|\bar\phi_d|`
-        per (lr, model): columns ``lr, rho, model, relative_error``."""
+        per (lr, model): columns ``lr, rho, model, relative_error`` (a maximum over times: biased upward in
+        Monte Carlo, as the paper's)."""
         t = self.table[self.table["test_function"] == self._test_fn(test_fn)]
         g = t.groupby(["lr", "model"], sort=False)
         out = pd.DataFrame({"rho": g["rho"].first(), "relative_error": g["gap"].apply(lambda s: s.abs().max())
                             / g["discrete_mean"].apply(lambda s: s.abs().mean())})
         return out.reset_index()[["lr", "rho", "model", "relative_error"]]
 
+    @property
+    def solver_error(self) -> pd.DataFrame | None:
+        """Per (lr, model, test_function): the time of the largest ``|sde(dt) - sde(dt/2)|`` (t > 0), its
+        value ``max_abs_diff`` and SE ``diff_se``, the largest |gap| ``max_gap`` and ``ratio`` of the two."""
+        if self.solver_table is None:
+            return None
+        rows = []
+        gaps = self.table[self.table["time"] > 0].groupby(["lr", "model", "test_function"], sort=False)["gap"]
+        biggest = gaps.apply(lambda s: s.abs().max())
+        s = self.solver_table[self.solver_table["time"] > 0]
+        for (lr, model, tf), g in s.groupby(["lr", "model", "test_function"], sort=False):
+            i = g["diff"].abs().idxmax()
+            rows.append({"lr": lr, "rho": g.at[i, "rho"], "model": model, "test_function": tf, "dt": g.at[i, "dt"],
+                         "time": g.at[i, "time"], "max_abs_diff": abs(g.at[i, "diff"]), "diff_se": g.at[i, "diff_se"],
+                         "max_gap": biggest[(lr, model, tf)]})
+        out = pd.DataFrame(rows)
+        return out.assign(ratio=out["max_abs_diff"] / out["max_gap"])
+
     def summary(self) -> str:
-        """A printable report: max gap ± SE per (lr, model, test function) and the fitted orders."""
+        """A printable report: the gap ± SE per (lr, model, test function) and the fitted orders."""
         pts = self.max_gaps()
-        lines = [f"weak error of {self.config['method']['method']} ({self.mode}), horizon {self.config['horizon']:g}"]
+        how = ("exact moments; n_paths not used" if self.mode == "exact" else
+               f"Monte Carlo, {self.config['n_paths']:,} paths, {'coupled' if self.coupled else 'independent'} runs; "
+               "gap: time chosen on one half of the paths, estimated on the other")
+        lines = [f"weak error of {self.config['method']['method']} ({how}), horizon {self.config['horizon']:g}"]
+        if len(self.lrs) < 2:
+            lines.append("one learning rate: a slope needs at least two (the gaps below are still valid)")
         for tf in self.test_functions:
             lines.append(f"\n{tf}:")
-            sub = pts[pts["test_function"] == tf]
-            for _, r in sub.iterrows():
+            for _, r in pts[pts["test_function"] == tf].iterrows():
                 se = "(exact)" if self.mode == "exact" else f"± {r['gap_se']:.1e}"
-                flag = "  [below MC floor]" if r["under_floor"] and self.mode != "exact" else ""
+                flag = "  [below MC floor]" if r["under_floor"] else ""
                 lines.append(f"  lr={r['lr']:<8.4g} rho={r['rho']:<8.4g} {r['model']:<8} "
-                             f"max gap {r['gap']:+.4e} {se} at t={r['time']:.3g}{flag}")
+                             f"max gap {r['direction'] * r['gap']:+.4e} {se} at t={r['time']:.3g}{flag}")
+            if len(self.lrs) < 2:
+                continue
             for m in self.models:
                 try:
                     lines.append(f"  fit: {self.order(tf, m)}")
                 except ValueError as err:
-                    lines.append(f"  fit: {m}: {err}")
-        if self.solver_error is not None:
-            se = self.solver_error
+                    lines.append(f"  fit: {m}: no slope: {err}")
+        se = self.solver_error
+        if se is not None:
             line = (f"\nsolver error, max over time of |sde(dt) - sde(dt/2)|: at most {se['ratio'].max():.2g} "
                     f"× the max gap")
             if self.mode != "exact":
-                z = (se["max_abs_diff"] / se["diff_se"]).max()
-                line += f" (Monte-Carlo noise included: the largest is {z:.1f} SE)"
+                line += f" (Monte-Carlo noise included: the largest is {(se['max_abs_diff'] / se['diff_se']).max():.1f} SE)"
             lines.append(line)
         return "\n".join(lines)
 
+    def __repr__(self) -> str:
+        how = "exact" if self.mode == "exact" else (
+            f"monte_carlo, n_paths={self.config['n_paths']}" + (", coupled" if self.coupled else ""))
+        lrs = ", ".join(f"{lr:g}" for lr in self.lrs)
+        return (f"WeakErrorStudy({self.config['method']['method']}, {how}, lrs=[{lrs}], models={self.models}, "
+                f"test_functions={self.test_functions}, horizon={self.config['horizon']:g})")
+
     def plot(self, test_fns: Sequence[str] | None = None):
-        """Log-log figure of max |gap| against lr, one panel per test function, one hue per model, with
-        SE error bars, the fitted lines, and reference slopes 1 (solid grey) and 1/2 (dashed grey) drawn
-        below the data. Points under the Monte-Carlo floor are circled.
+        """Log-log figure of the gap against lr (see :func:`sde_sam.weak_error.figure.plot_study`)."""
+        from .figure import plot_study
 
-        Returns:
-            A :class:`matplotlib.figure.Figure` (not registered with pyplot: save it with ``savefig``).
-        """
-        import matplotlib.figure
-        import matplotlib.ticker
-        import seaborn as sns
-
-        test_fns = self.test_functions if test_fns is None else [self._test_fn(t) for t in test_fns]
-        pts = self.max_gaps()
-        palette = dict(zip(self.models, sns.color_palette("colorblind", len(self.models))))
-        fig = matplotlib.figure.Figure(figsize=(4.3 * len(test_fns) + 0.4, 4.2), layout="constrained")
-        axes = fig.subplots(1, len(test_fns), squeeze=False)[0]
-        for ax, tf in zip(axes, test_fns):
-            sub = pts[pts["test_function"] == tf]
-            sns.scatterplot(data=sub, x="lr", y="abs_gap", hue="model", palette=palette, ax=ax, s=40,
-                            zorder=3, legend=False)
-            lr = np.geomspace(sub["lr"].min(), sub["lr"].max(), 50)
-            for m in self.models:
-                ms = sub[sub["model"] == m]
-                ax.errorbar(ms["lr"], ms["abs_gap"], yerr=ms["gap_se"], fmt="none", ecolor=palette[m], capsize=3)
-                low = ms[ms["under_floor"]] if self.mode != "exact" else ms.iloc[:0]
-                ax.scatter(low["lr"], low["abs_gap"], s=110, facecolors="none", edgecolors="k", zorder=4,
-                           label="below MC floor" if len(low) else None)
-                try:
-                    fit = self.order(tf, m)
-                    label = f"{m}: slope {fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"
-                    ax.plot(lr, np.exp(fit.intercept) * lr**fit.slope, color=palette[m], label=label)
-                except ValueError as err:
-                    why = "MC floor" if isinstance(err, MonteCarloFloorError) else "not fitted"
-                    ax.plot([], [], color=palette[m], label=f"{m}: no slope ({why})")
-            # Reference slopes, fanning out leftwards from below the lowest point at the largest lr.
-            anchor = 0.5 * sub.loc[sub["lr"] == sub["lr"].max(), "abs_gap"].min()
-            for p, ls in ((1.0, "-"), (0.5, "--")):
-                ax.plot(lr, anchor * (lr / lr.max()) ** p, color="0.55", ls=ls, lw=1, label=f"slope {p:g}")
-            ax.set(xscale="log", yscale="log", xlabel=r"learning rate $\eta$",
-                   ylabel=r"$\max_k\,|\mathrm{E}\,\phi(x_k) - \mathrm{E}\,\phi(X_{k\eta})|$",
-                   title=rf"$\phi$ = {tf}")
-            ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(sub["lr"].unique())))
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.legend(fontsize=7, loc="upper left")
-        mode = "exact moments" if self.mode == "exact" else f"Monte Carlo, {self.config['n_paths']:,} paths"
-        rho = self.config.get("rho_spec", "").replace("rho", "ρ").replace("lr", "η")
-        fig.suptitle(f"Weak error of {self.config['method']['method']} against its SDE models "
-                     f"({mode}; {rho}; horizon T = {self.config['horizon']:g})", fontsize=10)
-        return fig
+        return plot_study(self, self.test_functions if test_fns is None else [self._test_fn(t) for t in test_fns])
 
     def save(self, directory: str | Path) -> None:
-        """Write ``config.json``, ``table.csv``, ``cells.csv`` and ``solver_error.csv`` to ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.config, indent=2))
-        self.table.to_csv(directory / "table.csv", index=False)
-        self.cells.to_csv(directory / "cells.csv", index=False)
-        if self.solver_error is not None:
-            self.solver_error.to_csv(directory / "solver_error.csv", index=False)
+        """Write ``config.json``, ``table.csv``, ``cells.csv`` (and the solver tables) to ``directory``."""
+        save_study(self, directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> "WeakErrorStudy":
-        """Read a study written by :meth:`save` (figures are redrawn from saved results, no rerun)."""
-        directory = Path(directory)
-        config = json.loads((directory / "config.json").read_text())
-        solver = directory / "solver_error.csv"
-        return cls(table=pd.read_csv(directory / "table.csv"),
-                   solver_error=pd.read_csv(solver) if solver.exists() else None,
-                   cells=pd.read_csv(directory / "cells.csv"), config=config, mode=config["mode"])
-
+        """Read a study written by :meth:`save`, every float exactly as saved (figures redraw without a rerun)."""
+        return cls(**load_frames(directory))

@@ -238,7 +238,8 @@ def top_eigenpair(problem, x: Tensor, *, method: str = "lanczos", iters: int = 2
         problem: Anything with ``hvp(x: (n, d), v: (n, d)) -> (n, d)``.
         x: Points ``(n, d)``, or ``(d,)`` for one point (then the results drop the path axis), in the
             problem's dtype and on its device (a mismatch is a ``ValueError``, never a silent cast).
-        method, iters: As in :func:`top_eigenpair_hvp`.
+        method: As in :func:`top_eigenpair_hvp`.
+        iters: As in :func:`top_eigenpair_hvp`.
         v0: Warm start of the shape of ``x``; default a Gaussian start drawn from
             ``torch.Generator(device=x.device).manual_seed(seed)``, in ``x``'s dtype and device.
         seed: Seed of that start.
@@ -273,7 +274,8 @@ def alignment(a: Tensor, v: Tensor, *, eps: float | None = None) -> Tensor:
     ``a`` gives 0, not NaN.
 
     Args:
-        a, v: ``(..., d)``, broadcast together.
+        a: ``(..., d)``, broadcast with ``v``.
+        v: ``(..., d)``, broadcast with ``a``.
         eps: Norm floor; default ``1e-12`` in float64, ``1e-7`` otherwise.
 
     Returns:

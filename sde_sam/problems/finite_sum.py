@@ -74,6 +74,36 @@ class FiniteSum(Problem):
     def _per_sample_single(self, x1: Tensor, batch: Data) -> Tensor:
         return vmap(grad(self.loss_fn), in_dims=(None, 0))(x1, batch)
 
+    @classmethod
+    def from_module(cls, model, loss_fn, data, *, batch_size: int, replacement: bool = True):
+        r"""A finite sum over a ``torch.nn.Module``'s trainable parameters (flattened into ``x``).
+
+        The per-sample loss is ``loss_fn(model(a_i[None]), t_i[None])``: ``loss_fn`` on a batch of one, so it
+        must average over the batch (``reduction='mean'``, the default of ``F.cross_entropy``/``F.mse_loss``;
+        ``'sum'`` and ``'none'`` are refused). Integer class labels work. Train-mode BatchNorm, Dropout and other
+        random or batch-coupled layers are refused (call ``model.eval()`` or remove them).
+
+        Args:
+            model: The module; copied, so later changes to it do not affect the problem.
+            loss_fn: ``loss_fn(outputs, targets) -> scalar``, e.g. ``F.cross_entropy``.
+            data: ``(inputs, targets)`` (or ``(*inputs, targets)``), tensors sharing the leading dim ``n``.
+            batch_size: Mini-batch size ``B``.
+            replacement: Sample with (default) or without replacement.
+
+        Returns:
+            A :class:`~sde_sam.problems.module.ModuleFiniteSum` with ``d`` set, ``x_init`` (the module's
+            parameters), ``unflatten(x)`` (dict of named tensors) and ``to_module(x)`` (a module copy).
+
+        Example:
+            >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+            >>> a, t = torch.randn(32, 4), torch.randint(3, (32,))
+            >>> prob = FiniteSum.from_module(model, torch.nn.functional.cross_entropy, (a, t), batch_size=8)
+            >>> prob.d, prob.to_module(prob.x_init)(a).shape
+            (67, torch.Size([32, 3]))
+        """
+        from .module import ModuleFiniteSum
+        return ModuleFiniteSum(model, loss_fn, data, batch_size=batch_size, replacement=replacement)
+
     @property
     def noise_scale(self) -> float:
         r"""The factor :math:`c_B / B` of the mini-batch covariance (MATH §1)."""

@@ -79,6 +79,25 @@ class Objective(Problem):
         self.noise_sqrt = _noise_sqrt(noise_cov, d, dtype, self.device)
         self.loss_fn = loss_fn
 
+    @classmethod
+    def from_module(cls, model, loss_fn, data, *, noise_cov=0.0):
+        r"""The full-batch loss of a ``torch.nn.Module`` with additive Gaussian gradient noise of covariance Σ.
+
+        :math:`f(x) =` ``loss_fn(model(inputs), targets)`` over the module's trainable parameters ``x``
+        (mean reduction; refusals and the returned helpers as in :meth:`FiniteSum.from_module`).
+
+        Args:
+            model: The module (copied).
+            loss_fn: ``loss_fn(outputs, targets) -> scalar``, e.g. ``F.cross_entropy``.
+            data: ``(inputs, targets)`` (or ``(*inputs, targets)``).
+            noise_cov: Σ as a float, a ``(d,)`` diagonal or a ``(d, d)`` matrix; 0 is full-batch GD.
+
+        Returns:
+            A :class:`~sde_sam.problems.module.ModuleObjective` with ``x_init``, ``unflatten``, ``to_module``.
+        """
+        from .module import ModuleObjective
+        return ModuleObjective(model, loss_fn, data, noise_cov=noise_cov)
+
     @property
     def noise_cov(self) -> Tensor:
         """Σ as a dense ``(d, d)`` matrix."""

@@ -72,6 +72,18 @@ def state(x0, *, d: int | None, dtype: torch.dtype, device: torch.device, n_path
     return x, n
 
 
+def problem_state(problem, x0, *, n_paths: int | None) -> tuple[Tensor, int]:
+    """:func:`state` against a problem's ``d``, dtype and device; a problem without ``d`` learns it from ``x0``.
+
+    A :class:`~sde_sam.problems.FiniteSum` built without ``d`` gets ``problem.d = x0.shape[-1]`` at its first
+    checked state (discrete run, SDE simulation, weak-error study), so later calls are checked against it.
+    """
+    x, n = state(x0, d=problem.d, dtype=problem.dtype, device=problem.device, n_paths=n_paths)
+    if problem.d is None:
+        problem.d = x.shape[-1]
+    return x, n
+
+
 def max_norm(value: float) -> float:
     """``math.inf`` (no cap) or a finite number ``> 0``."""
     if value == math.inf and not isinstance(value, bool):

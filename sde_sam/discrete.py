@@ -222,7 +222,7 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
     if not isinstance(keep_draws, bool):
         raise ValueError(f"`keep_draws` must be True or False, got keep_draws={keep_draws!r}")
     max_norm = _checks.max_norm(max_norm)
-    x, n = _checks.state(x0, d=problem.d, dtype=problem.dtype, device=problem.device, n_paths=n_paths)
+    x, n = _checks.problem_state(problem, x0, n_paths=n_paths)
     eps = _eps(problem, method)
     obs = obs_mod.resolve(observables, problem)
     v_given = None if v0 is None else initial_state(problem, method, x, v0=v0).v

@@ -103,7 +103,7 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
         warnings.warn(f"dt={dt} >= lr={sde.lr}: Euler–Maruyama at dt >= lr cannot separate the SDE from the "
                       "discrete method in a weak-error comparison (MATH §4); use dt <= lr/10", stacklevel=2)
     problem = sde.problem
-    x, n = _checks.state(x0, d=problem.d, dtype=problem.dtype, device=problem.device, n_paths=n_paths)
+    x, n = _checks.problem_state(problem, x0, n_paths=n_paths)
     obs = obs_mod.resolve(observables, problem)
     info = {"kind": "sde", **sde.method.describe(), "rho": sde.method.rho, "model": sde.label,
             "order": sde.order, "diffusion": sde.diffusion, "dt": dt, "increments": increments,

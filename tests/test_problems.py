@@ -244,3 +244,40 @@ def test_enumerate_draws_for_single_sample_batches():
     assert torch.equal(prob.enumerate_draws(), torch.arange(5)[:, None])
     assert linear_regression(n=5, d=2, batch_size=2).enumerate_draws() is None
     assert ss.Quadratic(torch.eye(2, dtype=F64), noise_cov=0.1).enumerate_draws() is None
+
+
+# -- single-path maps and d inferred from x0 (issue 9) ------------------------------------------------------------
+def test_single_path_maps_equal_the_batched_ones(finite_sum, spd):
+    problems = [finite_sum, ss.Quadratic(spd(3, seed=1), noise_cov=0.04),
+                ss.Objective(lambda x: (x**4).sum() - (x**2).sum(), 3, noise_cov=0.01, dtype=F64)]
+    for prob in problems:
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(3, prob.d, generator=g, dtype=F64)
+        draws = prob.sample_draws((3,), g)
+        for p in range(3):
+            torch.testing.assert_close(prob.grad_single(x[p]), prob.grad(x)[p], **TIGHT)
+            torch.testing.assert_close(prob.stochastic_grad_single(x[p], draws[p]),
+                                       prob.stochastic_grad(x, draws)[p], **TIGHT)
+
+
+def _quartic_sample_loss(x, s):
+    return ((s * x) ** 4).sum() + 0.5 * (x * x).sum()
+
+
+def test_finite_sum_without_d_learns_it_from_x0():
+    data = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    prob = ss.FiniteSum(_quartic_sample_loss, data, batch_size=2)
+    assert prob.d is None
+    sde = ss.sde_model(prob, ss.USAM(0.05, 0.1), order=1)
+    x0 = torch.full((3,), 0.3, dtype=F64)
+    sol = ss.simulate(sde, x0, t1=0.05, dt=0.005, n_paths=4, seed=0)
+    assert prob.d == 3 and sol.x_final.shape == (4, 3) and bool(torch.isfinite(sol.x_final).all())
+    paper = ss.FiniteSum(_quartic_sample_loss, data, batch_size=2)
+    ss.simulate(ss.sde_model(paper, ss.USAM(0.05, 0.1), order=1, diffusion="paper"), x0, t1=0.02, dt=0.005,
+                n_paths=2, seed=0)
+    assert paper.d == 3
+    fresh = ss.FiniteSum(_quartic_sample_loss, data, batch_size=2)
+    assert ss.run(fresh, ss.SAM(0.05, 0.1), x0, steps=3, n_paths=2, seed=0).x_final.shape == (2, 3)
+    assert fresh.d == 3
+    with pytest.raises(ValueError, match=r"`x0` must have shape \(d,\) or \(n_paths, d\) with d=3"):
+        ss.run(fresh, ss.SGD(0.05), torch.zeros(4, dtype=F64), steps=1)

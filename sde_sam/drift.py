@@ -58,12 +58,11 @@ def effective_grads(problem: Problem, method: Method, x: Tensor, draws: Tensor, 
         return g, g, g
     if method.uses_full_grad and full_grad is None:
         full_grad = problem.grad(x)
-    if getattr(method, "needs_oracle", False):
+    oracle = {}
+    if method.needs_oracle:  # the same draws at the same points (contract of Method.perturbation)
         oracle = dict(hvp=lambda u: problem.stochastic_hvp(x, u, draws),
-                      grad_at=lambda y: problem.stochastic_grad(y, draws))
-        e = method.perturbation(g, eps=eps, full_grad=full_grad, v=v, **oracle).eps
-    else:
-        e = method.perturbation(g, eps=eps, full_grad=full_grad, v=v).eps
+                      grad_at=lambda y: problem.stochastic_grad(y, draws), x=x)
+    e = method.perturbation(g, eps=eps, full_grad=full_grad, v=v, **oracle).eps
     if order == "exact":
         G = problem.stochastic_grad(x + e, draws)
         return g, G, G

@@ -71,7 +71,7 @@ class SDEModel:
         self.problem, self.method, self.order, self.diffusion = problem, method, order, diffusion
         self.lr = method.lr
         self.eps = method.eps if method.eps is not None else problem.default_eps()
-        self.momentum_scale = 1.0 / (1.0 - float(getattr(method, "momentum", 0.0)))
+        self.momentum_scale = 1.0 / (1.0 - method.momentum)
         self.clip_report = diff.ClipReport()
         self._gen = torch.Generator(device=problem.device).manual_seed(seed)
         self._v_cache: Tensor | None = None
@@ -312,4 +312,5 @@ def sde_model(problem: Problem, method: Method, *, order=1, diffusion: str = "fa
     if diffusion not in DIFFUSIONS:
         raise ValueError(f"`diffusion` must be one of {DIFFUSIONS}, got diffusion={diffusion!r}")
     expectations.check_expectation(expectation)
+    method.check_ready()
     return SDEModel(problem, method, order=order, diffusion=diffusion, expectation=expectation, seed=seed)

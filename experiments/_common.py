@@ -1,24 +1,33 @@
 """Small helpers shared by the experiment scripts.
 
 Every study is a script ``experiments/<study>.py`` with a frozen-dataclass config (``Config()`` full,
-``Config.quick()`` for CI), a ``run(config, out_dir)`` that computes and saves, and ``main(argv=None)``:
+``Config.quick()`` for CI), a ``run(config, results, *, executor=None)`` that computes and saves, and
+``main(argv=None)``:
 
-    python experiments/<study>.py [--quick] [--results DIR]
+    python experiments/<study>.py [--quick] [--results DIR] [--executor {serial,process,ray}] [--workers N]
 
 writes ``DIR/<study>/config.json`` and tidy CSV tables; ``paper_figs/make_figures.py`` draws only from them.
+Studies that loop over a grid run it through :func:`run_grid` (``sde_sam.executors.grid``): each cell is a
+module-level function of a JSON-able spec holding everything it computes from, its seed included, so the
+tables are the same bit for bit on any executor; finished cells are kept in ``DIR/<study>/cells/`` and a
+rerun computes only the missing ones (delete that folder, or ``sde-sam reproduce --fresh``, after changing
+the code).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
+
+from sde_sam import executors
 
 DEFAULT_RESULTS = Path("results")
 
@@ -30,11 +39,35 @@ def setup_torch(threads: int = 1) -> None:
 
 
 def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
-    """``--quick`` (the CI-sized config) and ``--results DIR`` (default ``results``)."""
+    """``--quick`` (the CI-sized config), ``--results DIR`` (default ``results``) and the executor flags
+    ``--executor {serial,process,ray} --workers N --address ADDR`` (see ``sde_sam.reproduce``)."""
+    from sde_sam import reproduce
+
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small config (minutes on 2 CPU cores)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results root (default: results)")
-    return parser.parse_args(argv)
+    reproduce.add_executor_arguments(parser)
+    args = parser.parse_args(argv)
+    reproduce.check_executor_arguments(parser, args)
+    return args
+
+
+@contextlib.contextmanager
+def executor_from_args(args: argparse.Namespace) -> Iterator[Any]:
+    """The executor the parsed flags ask for (``None``: serial), shut down on exit."""
+    from sde_sam import reproduce
+
+    with reproduce.open_executor(args.executor, workers=args.workers, address=args.address) as executor:
+        yield executor
+
+
+def run_grid(specs: list[dict], cell_fn: Callable[[dict], pd.DataFrame], *, executor: Any = None,
+             out: str | Path | None = None, spec_columns: bool | Sequence[str] = False) -> pd.DataFrame:
+    """``sde_sam.executors.grid`` for a study script: ``cell_fn`` (a module-level function of this script)
+    travels to process or Ray workers by its file path; cells are kept in ``out/cells/``; the table is the
+    cells' tables in spec order (spec fields are not added unless asked: the cells return their labels)."""
+    return executors.grid(specs, executors.ScriptFunction(cell_fn), executor=executor, results_dir=out,
+                          progress=None, spec_columns=spec_columns)
 
 
 def study_dir(results: str | Path, study: str) -> Path:

@@ -59,9 +59,12 @@ class Config:
 
 def problem(cfg: Config) -> tuple[ss.Objective, torch.Tensor]:
     """The full-batch tanh network (``noise_cov=0``: GD/USAM/SAM are deterministic) and its start."""
-    g = torch.Generator().manual_seed(cfg.seed)
+    return _problem(cfg.n, cfg.d_in, cfg.width, cfg.init_scale, cfg.seed)
+
+
+def _problem(n: int, d_in: int, w: int, init_scale: float, seed: int) -> tuple[ss.Objective, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
     f64 = torch.float64
-    n, d_in, w = cfg.n, cfg.d_in, cfg.width
     A = torch.randn(n, d_in, generator=g, dtype=f64)
     W_teacher = torch.randn(w, d_in, generator=g, dtype=f64) / d_in**0.5
     v_teacher = torch.randn(w, generator=g, dtype=f64)
@@ -71,53 +74,82 @@ def problem(cfg: Config) -> tuple[ss.Objective, torch.Tensor]:
         W, v = x[: w * d_in].reshape(w, d_in), x[w * d_in:]
         return 0.5 * ((torch.tanh(A @ W.T) @ v - y) ** 2).mean()
 
-    x0 = torch.cat([cfg.init_scale * torch.randn(w * d_in, generator=g, dtype=f64) / d_in**0.5,
-                    cfg.init_scale * torch.randn(w, generator=g, dtype=f64) / w**0.5])
+    x0 = torch.cat([init_scale * torch.randn(w * d_in, generator=g, dtype=f64) / d_in**0.5,
+                    init_scale * torch.randn(w, generator=g, dtype=f64) / w**0.5])
     return ss.Objective(loss, w * (d_in + 1), noise_cov=0.0, dtype=f64), x0
 
 
 def methods(cfg: Config) -> dict[str, ss.Method]:
-    every = {"GD": ss.SGD(cfg.lr), "USAM": ss.USAM(cfg.lr, rho=cfg.rho_usam), "SAM": ss.SAM(cfg.lr, rho=cfg.rho_sam)}
-    return {name: every[name] for name in cfg.methods}
+    return {name: _method(name, cfg.lr, cfg.rho_usam, cfg.rho_sam) for name in cfg.methods}
 
 
-def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
+def _method(name: str, lr: float, rho_usam: float, rho_sam: float) -> ss.Method:
+    return {"GD": lambda: ss.SGD(lr), "USAM": lambda: ss.USAM(lr, rho=rho_usam),
+            "SAM": lambda: ss.SAM(lr, rho=rho_sam)}[name]()
+
+
+def method_specs(cfg: Config) -> list[dict]:
+    """One cell per method: the whole run on the same network."""
+    return [{"method": name, "n": cfg.n, "d_in": cfg.d_in, "width": cfg.width, "init_scale": cfg.init_scale,
+             "lr": cfg.lr, "rho_usam": cfg.rho_usam, "rho_sam": cfg.rho_sam, "steps": cfg.steps,
+             "record_every": cfg.record_every, "seed": cfg.seed} for name in cfg.methods]
+
+
+def method_cell(spec: dict) -> pd.DataFrame:
+    """Loss, gradient norm and sharpness over one method's run, with the edges."""
+    _common.setup_torch()
+    name, lr = spec["method"], spec["lr"]
+    prob, x0 = _problem(spec["n"], spec["d_in"], spec["width"], spec["init_scale"], spec["seed"])
+    method = _method(name, lr, spec["rho_usam"], spec["rho_sam"])
+    traj = ss.run(prob, method, x0, steps=spec["steps"], n_paths=1, seed=spec["seed"],
+                  record_every=spec["record_every"], observables=("loss", "grad_norm", "lambda_max"))
+    t = traj.times.numpy()
+    lam = traj.values["lambda_max"][:, 0].numpy()
+    gn = traj.values["grad_norm"][:, 0].numpy()
+    gd_edge = theory.gd_edge(lr)
+    usam_edge = theory.usam_edge(lr, method.rho) if name == "USAM" else np.nan
+    sam_edge = theory.sam_edge(lr, spec["rho_sam"], gn) if name == "SAM" else np.full_like(gn, np.nan)
+    own = {"GD": np.full_like(lam, gd_edge), "USAM": np.full_like(lam, usam_edge), "SAM": sam_edge}[name]
+    return pd.DataFrame({"method": name, "lr": lr, "rho": method.rho, "time": t, "step": t / lr,
+                         "loss": traj.values["loss"][:, 0].numpy(), "grad_norm": gn,
+                         "lambda_max": lam, "gd_edge": gd_edge, "usam_edge": usam_edge,
+                         "sam_edge": sam_edge, "own_edge": own})
+
+
+def summarize(trajectory: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Late-phase mean sharpness of each method against its own edge."""
+    summary = []
+    for name, d in trajectory.groupby("method", sort=False):
+        t, lam, own = d["time"].to_numpy(), d["lambda_max"].to_numpy(), d["own_edge"].to_numpy()
+        late = t >= t[-1] * (1 - cfg.late_fraction)
+        ratio = lam[late] / own[late]
+        rho = d["rho"].iloc[0]
+        summary.append({"method": name, "lr": cfg.lr, "rho": rho, "edge_name": {
+            "GD": "2/lr", "USAM": "USAM edge", "SAM": "SAM edge at ||g_t||"}[name],
+            "late_from_step": float(t[late][0] / cfg.lr), "lambda_late_mean": float(lam[late].mean()),
+            "lambda_late_std": float(lam[late].std()), "edge_late_mean": float(own[late].mean()),
+            "ratio_late_mean": float(ratio.mean()), "rel_error_pct": float(100 * (ratio.mean() - 1)),
+            "max_abs_rel_error_pct": float(100 * np.abs(ratio - 1).max()),
+            "lambda_initial": float(lam[0]), "lambda_peak": float(lam.max()), "gd_edge": theory.gd_edge(cfg.lr)})
+    return pd.DataFrame(summary)
+
+
+def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=None) -> Path:
+    """Compute and save the study under ``results/edge_of_stability``; one cell per method on ``executor``
+    (``None``: in this process), kept in its ``cells/`` folder."""
     _common.setup_torch()
     out = _common.study_dir(results, STUDY)
-    prob, x0 = problem(cfg)
-    rows, summary = [], []
     with _common.Timer() as timer:
-        for name, method in methods(cfg).items():
-            traj = ss.run(prob, method, x0, steps=cfg.steps, n_paths=1, seed=cfg.seed,
-                          record_every=cfg.record_every, observables=("loss", "grad_norm", "lambda_max"))
-            t = traj.times.numpy()
-            lam = traj.values["lambda_max"][:, 0].numpy()
-            gn = traj.values["grad_norm"][:, 0].numpy()
-            gd_edge = theory.gd_edge(cfg.lr)
-            usam_edge = theory.usam_edge(cfg.lr, method.rho) if name == "USAM" else np.nan
-            sam_edge = theory.sam_edge(cfg.lr, cfg.rho_sam, gn) if name == "SAM" else np.full_like(gn, np.nan)
-            own = {"GD": np.full_like(lam, gd_edge), "USAM": np.full_like(lam, usam_edge), "SAM": sam_edge}[name]
-            rows.append(pd.DataFrame({"method": name, "lr": cfg.lr, "rho": method.rho, "time": t, "step": t / cfg.lr,
-                                      "loss": traj.values["loss"][:, 0].numpy(), "grad_norm": gn,
-                                      "lambda_max": lam, "gd_edge": gd_edge, "usam_edge": usam_edge,
-                                      "sam_edge": sam_edge, "own_edge": own}))
-            late = t >= t[-1] * (1 - cfg.late_fraction)
-            ratio = lam[late] / own[late]
-            summary.append({"method": name, "lr": cfg.lr, "rho": method.rho, "edge_name": {
-                "GD": "2/lr", "USAM": "USAM edge", "SAM": "SAM edge at ||g_t||"}[name],
-                "late_from_step": float(t[late][0] / cfg.lr), "lambda_late_mean": float(lam[late].mean()),
-                "lambda_late_std": float(lam[late].std()), "edge_late_mean": float(own[late].mean()),
-                "ratio_late_mean": float(ratio.mean()), "rel_error_pct": float(100 * (ratio.mean() - 1)),
-                "max_abs_rel_error_pct": float(100 * np.abs(ratio - 1).max()),
-                "lambda_initial": float(lam[0]), "lambda_peak": float(lam.max()), "gd_edge": gd_edge})
-    frames = {"trajectory": pd.concat(rows, ignore_index=True), "summary": pd.DataFrame(summary)}
+        trajectory = _common.run_grid(method_specs(cfg), method_cell, executor=executor, out=out)
+        frames = {"trajectory": trajectory, "summary": summarize(trajectory, cfg)}
     print(frames["summary"][["method", "lambda_late_mean", "edge_late_mean", "rel_error_pct"]].to_string(index=False))
     return _common.finish(cfg, out, frames, timer.seconds)
 
 
 def main(argv=None) -> Path:
     args = _common.parse_args(argv, __doc__.splitlines()[0])
-    return run(Config.quick() if args.quick else Config(), args.results)
+    with _common.executor_from_args(args) as executor:
+        return run(Config.quick() if args.quick else Config(), args.results, executor=executor)
 
 
 if __name__ == "__main__":

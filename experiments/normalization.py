@@ -52,42 +52,55 @@ class Config:
         return cls(rhos=(0.5,), n_lrs=3, steps=50, n_paths=32)
 
 
-def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
+def divergence_specs(cfg: Config) -> list[dict]:
+    """One cell per (rho, method, lr); SGD has no rho: one run serves every rho."""
+    lrs = np.linspace(cfg.lr_min, cfg.lr_max, cfg.n_lrs)
+    specs = []
+    for rho in cfg.rhos:
+        for name in ("SGD", "USAM", "SAM"):
+            if name == "SGD" and rho != cfg.rhos[0]:
+                continue
+            for j, lr in enumerate(lrs):
+                specs.append({"method": name, "rho": rho, "rhos": list(cfg.rhos) if name == "SGD" else [rho],
+                              "lr": float(lr), "seed": cfg.seed + j, "steps": cfg.steps, "n_paths": cfg.n_paths,
+                              "max_norm": cfg.max_norm, "L": cfg.L, "noise_cov": cfg.noise_cov, "x0": list(cfg.x0)})
+    return specs
+
+
+def divergence_cell(spec: dict) -> pd.DataFrame:
+    """Fraction of diverged runs of one (method, rho, lr), with the theory's thresholds."""
+    _common.setup_torch()
+    f64 = torch.float64
+    L, lr, rho, name = spec["L"], spec["lr"], spec["rho"], spec["method"]
+    prob = ss.Quadratic(torch.diag(torch.tensor([L, L / 4], dtype=f64)), noise_cov=spec["noise_cov"])
+    method = ss.SGD(lr) if name == "SGD" else getattr(ss, name)(lr, rho=rho)
+    traj = ss.run(prob, method, torch.tensor(spec["x0"], dtype=f64), steps=spec["steps"], n_paths=spec["n_paths"],
+                  seed=spec["seed"], record_every=spec["steps"], observables=("x_norm",), max_norm=spec["max_norm"])
+    p = traj.n_diverged / traj.n_paths
+    final = traj.values["x_norm"][-1][~traj.diverged].numpy()
+    q = np.quantile(final, [0.1, 0.5, 0.9]) if final.size else [np.nan] * 3
+    return pd.DataFrame([{"method": name, "rho": r, "lr": lr, "n_paths": traj.n_paths,
+                          "frac_diverged": p, "se": math.sqrt(p * (1 - p) / traj.n_paths),
+                          "final_norm_q10": q[0], "final_norm_median": q[1], "final_norm_q90": q[2],
+                          "usam_threshold": theory.usam_lr_threshold(r, L), "gd_threshold": 2 / L,
+                          "usam_diverges_theory": bool(theory.usam_diverges(lr, r, L)),
+                          "L": L, "steps": spec["steps"], "max_norm": spec["max_norm"]} for r in spec["rhos"]])
+
+
+def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=None) -> Path:
+    """Compute and save the study under ``results/normalization``; cells run on ``executor`` (``None``: in
+    this process) and are kept in its ``cells/`` folder."""
     _common.setup_torch()
     out = _common.study_dir(results, STUDY)
-    f64 = torch.float64
-    prob = ss.Quadratic(torch.diag(torch.tensor([cfg.L, cfg.L / 4], dtype=f64)), noise_cov=cfg.noise_cov)
-    x0 = torch.tensor(cfg.x0, dtype=f64)
-    lrs = np.linspace(cfg.lr_min, cfg.lr_max, cfg.n_lrs)
-    rows = []
     with _common.Timer() as timer:
-        for rho in cfg.rhos:
-            for name in ("SGD", "USAM", "SAM"):
-                if name == "SGD" and rho != cfg.rhos[0]:
-                    continue
-                for j, lr in enumerate(lrs):
-                    lr = float(lr)
-                    method = ss.SGD(lr) if name == "SGD" else getattr(ss, name)(lr, rho=rho)
-                    traj = ss.run(prob, method, x0, steps=cfg.steps, n_paths=cfg.n_paths, seed=cfg.seed + j,
-                                  record_every=cfg.steps, observables=("x_norm",), max_norm=cfg.max_norm)
-                    p = traj.n_diverged / traj.n_paths
-                    final = traj.values["x_norm"][-1][~traj.diverged].numpy()
-                    q = np.quantile(final, [0.1, 0.5, 0.9]) if final.size else [np.nan] * 3
-                    for r in (cfg.rhos if name == "SGD" else (rho,)):
-                        rows.append({"method": name, "rho": r, "lr": lr, "n_paths": traj.n_paths,
-                                     "frac_diverged": p, "se": math.sqrt(p * (1 - p) / traj.n_paths),
-                                     "final_norm_q10": q[0], "final_norm_median": q[1], "final_norm_q90": q[2],
-                                     "usam_threshold": theory.usam_lr_threshold(r, cfg.L),
-                                     "gd_threshold": 2 / cfg.L,
-                                     "usam_diverges_theory": bool(theory.usam_diverges(lr, r, cfg.L)),
-                                     "L": cfg.L, "steps": cfg.steps, "max_norm": cfg.max_norm})
-    frame = pd.DataFrame(rows)
+        frame = _common.run_grid(divergence_specs(cfg), divergence_cell, executor=executor, out=out)
     return _common.finish(cfg, out, {"divergence": frame}, timer.seconds)
 
 
 def main(argv=None) -> Path:
     args = _common.parse_args(argv, __doc__.splitlines()[0])
-    return run(Config.quick() if args.quick else Config(), args.results)
+    with _common.executor_from_args(args) as executor:
+        return run(Config.quick() if args.quick else Config(), args.results, executor=executor)
 
 
 if __name__ == "__main__":

@@ -81,13 +81,18 @@ def make_method(name: str, lr: float, rho: float) -> ss.Method:
 
 
 def problems(cfg: Config) -> dict[str, ss.Problem]:
-    s2 = cfg.well**2
+    return {name: _problem(name, cfg.noise_cov, cfg.well) for name in ("quadratic", "nonconvex")}
+
+
+def _problem(name: str, noise_cov: float, well: float) -> ss.Problem:
+    if name == "quadratic":
+        return ss.saddle((1.0, -1.0), noise_cov=noise_cov)
+    s2 = well**2
 
     def nonconvex(x):
         return 0.5 * (x[0] ** 2 - x[1] ** 2) + x[1] ** 4 / (4 * s2)
 
-    return {"quadratic": ss.saddle((1.0, -1.0), noise_cov=cfg.noise_cov),
-            "nonconvex": ss.Objective(nonconvex, 2, noise_cov=cfg.noise_cov, dtype=torch.float64)}
+    return ss.Objective(nonconvex, 2, noise_cov=noise_cov, dtype=torch.float64)
 
 
 def _simulate(prob, method, x0, *, kind, horizon, n_paths, seed, records, dt, expectation, observables,
@@ -102,81 +107,113 @@ def _simulate(prob, method, x0, *, kind, horizon, n_paths, seed, records, dt, ex
                        record_every=max(1, steps // records), observables=observables, max_norm=max_norm)
 
 
-def distance_over_time(cfg: Config) -> pd.DataFrame:
-    x0 = torch.tensor(cfg.x0, dtype=torch.float64)
-    frames = []
-    for pname, prob in problems(cfg).items():
+def distance_specs(cfg: Config) -> list[dict]:
+    """One cell per (problem, rho, method, discrete|sde); SGD has no rho: one run serves every panel."""
+    specs = []
+    for pname in ("quadratic", "nonconvex"):
         for rho in cfg.rhos:
             for i, name in enumerate(METHODS):
                 if name == "SGD" and rho != cfg.rhos[0]:
-                    continue  # SGD has no rho: one run serves every panel
-                method = make_method(name, cfg.lr, rho)
+                    continue
                 for kind in ("discrete", "sde"):
                     sam_sde = kind == "sde" and name == "SAM"
-                    traj = _simulate(prob, method, x0, kind=kind, horizon=cfg.horizon,
-                                     n_paths=cfg.n_paths_sam_sde if sam_sde else cfg.n_paths,
-                                     seed=cfg.seed + 10 * i + (kind == "sde"), records=cfg.records,
-                                     dt=cfg.lr / cfg.dt_ratio,
-                                     expectation=cfg.sam_expectation if sam_sde else "auto",
-                                     observables=("x_norm",), max_norm=1e8)
-                    rhos = cfg.rhos if name == "SGD" else (rho,)
-                    for r in rhos:
-                        frames.append(_common.quantile_frame(traj, "x_norm", problem=pname, method=name, rho=r,
-                                                             kind=kind, lr=cfg.lr))
-    return pd.concat(frames, ignore_index=True)
+                    specs.append({
+                        "part": "distance", "problem": pname, "method": name, "rho": rho,
+                        "rhos": list(cfg.rhos) if name == "SGD" else [rho], "kind": kind, "lr": cfg.lr,
+                        "n_paths": cfg.n_paths_sam_sde if sam_sde else cfg.n_paths,
+                        "seed": cfg.seed + 10 * i + (kind == "sde"), "horizon": cfg.horizon,
+                        "records": cfg.records, "dt": cfg.lr / cfg.dt_ratio,
+                        "expectation": cfg.sam_expectation if sam_sde else "auto",
+                        "noise_cov": cfg.noise_cov, "well": cfg.well, "x0": list(cfg.x0)})
+    return specs
 
 
-def escape_grid(cfg: Config) -> pd.DataFrame:
-    prob = problems(cfg)["nonconvex"]
-    x0 = torch.tensor(cfg.x0, dtype=torch.float64)
-    threshold = cfg.well / 2
+def distance_cell(spec: dict) -> pd.DataFrame:
+    """Quantiles of ||x_t|| over the paths of one (problem, method, rho, kind) cell."""
+    _common.setup_torch()
+    prob = _problem(spec["problem"], spec["noise_cov"], spec["well"])
+    method = make_method(spec["method"], spec["lr"], spec["rho"])
+    traj = _simulate(prob, method, torch.tensor(spec["x0"], dtype=torch.float64), kind=spec["kind"],
+                     horizon=spec["horizon"], n_paths=spec["n_paths"], seed=spec["seed"], records=spec["records"],
+                     dt=spec["dt"], expectation=spec["expectation"], observables=("x_norm",), max_norm=1e8)
+    return pd.concat([_common.quantile_frame(traj, "x_norm", problem=spec["problem"], method=spec["method"], rho=r,
+                                             kind=spec["kind"], lr=spec["lr"]) for r in spec["rhos"]],
+                     ignore_index=True)
+
+
+def distance_over_time(cfg: Config, *, executor=None, out: Path | None = None) -> pd.DataFrame:
+    return _common.run_grid(distance_specs(cfg), distance_cell, executor=executor, out=out)
+
+
+def escape_specs(cfg: Config) -> list[dict]:
+    """One cell per (discrete|sde, lr, rho, method) of the escape grid on the non-convex model."""
+    specs = []
+    for kind, lrs, n_paths in (("discrete", cfg.grid_lrs, cfg.grid_paths), ("sde", cfg.grid_sde_lrs, cfg.grid_sde_paths)):
+        for lr in lrs:
+            for rho in cfg.grid_rhos:
+                for i, name in enumerate(METHODS):
+                    sam_sde = kind == "sde" and name == "SAM"
+                    specs.append({
+                        "part": "escape", "kind": kind, "method": name, "lr": lr, "rho": rho, "n_paths": n_paths,
+                        "seed": cfg.seed + 1000 + 10 * i, "horizon": cfg.grid_horizon,
+                        "dt": min(cfg.grid_sde_dt, lr / 2),
+                        "expectation": cfg.sam_expectation if sam_sde else "auto",
+                        "noise_cov": cfg.noise_cov, "well": cfg.well, "x0": list(cfg.x0)})
+    return specs
+
+
+def escape_cell(spec: dict) -> pd.DataFrame:
+    """The escape probability of one (kind, lr, rho, method) cell, with the theory's verdicts."""
+    _common.setup_torch()
+    prob = _problem("nonconvex", spec["noise_cov"], spec["well"])
+    x0 = torch.tensor(spec["x0"], dtype=torch.float64)
+    threshold = spec["well"] / 2
+    lr, rho, name = spec["lr"], spec["rho"], spec["method"]
 
     def escaped(x):
         return (x[:, 1].abs() > threshold).to(x.dtype)
 
     g0 = float(torch.linalg.vector_norm(prob.grad(x0[None]), dim=-1))
-    g_noise = math.sqrt(cfg.noise_cov) * math.sqrt(math.pi / 2)  # E||Z||, Z ~ N(0, sigma^2 I_2)
-    rows = []
-    for kind, lrs, n_paths in (("discrete", cfg.grid_lrs, cfg.grid_paths), ("sde", cfg.grid_sde_lrs, cfg.grid_sde_paths)):
-        for lr in lrs:
-            for rho in cfg.grid_rhos:
-                for i, name in enumerate(METHODS):
-                    method = make_method(name, lr, rho)
-                    sam_sde = kind == "sde" and name == "SAM"
-                    traj = _simulate(prob, method, x0, kind=kind, horizon=cfg.grid_horizon,
-                                     n_paths=n_paths, seed=cfg.seed + 1000 + 10 * i, records=1,
-                                     dt=min(cfg.grid_sde_dt, lr / 2),
-                                     expectation=cfg.sam_expectation if sam_sde else "auto",
-                                     observables=(escaped,), max_norm=1e6)
-                    vals = traj.values["escaped"][-1]
-                    kept = vals[~traj.diverged]
-                    p = float(kept.mean()) if kept.numel() else math.nan
-                    rows.append({
-                        "kind": kind, "method": name, "lr": lr, "rho": rho, "n_paths": traj.n_paths,
-                        "p_escape": p, "se": math.sqrt(max(p * (1 - p), 0) / max(kept.numel(), 1)),
-                        "p_diverged": traj.n_diverged / traj.n_paths,
-                        # theory verdicts for the negative direction lambda = -1 (True: attracted)
-                        "usam_flow_attracted": bool(theory.usam_flow_contracts(rho, -1.0)),
-                        "usam_discrete_attracted": bool(theory.usam_discrete_converges(lr, rho, -1.0)
-                                                        and theory.usam_discrete_converges(lr, rho, 1.0)),
-                        "sam_flow_attracted_x0": bool(theory.sam_flow_contracts(rho, -1.0, g0)),
-                        "sam_flow_attracted_noise": bool(theory.sam_flow_contracts(rho, -1.0, g_noise)),
-                        "grad_norm_x0": g0, "grad_norm_noise": g_noise,
-                    })
-    return pd.DataFrame(rows)
+    g_noise = math.sqrt(spec["noise_cov"]) * math.sqrt(math.pi / 2)  # E||Z||, Z ~ N(0, sigma^2 I_2)
+    traj = _simulate(prob, make_method(name, lr, rho), x0, kind=spec["kind"], horizon=spec["horizon"],
+                     n_paths=spec["n_paths"], seed=spec["seed"], records=1, dt=spec["dt"],
+                     expectation=spec["expectation"], observables=(escaped,), max_norm=1e6)
+    vals = traj.values["escaped"][-1]
+    kept = vals[~traj.diverged]
+    p = float(kept.mean()) if kept.numel() else math.nan
+    return pd.DataFrame([{
+        "kind": spec["kind"], "method": name, "lr": lr, "rho": rho, "n_paths": traj.n_paths,
+        "p_escape": p, "se": math.sqrt(max(p * (1 - p), 0) / max(kept.numel(), 1)),
+        "p_diverged": traj.n_diverged / traj.n_paths,
+        # theory verdicts for the negative direction lambda = -1 (True: attracted)
+        "usam_flow_attracted": bool(theory.usam_flow_contracts(rho, -1.0)),
+        "usam_discrete_attracted": bool(theory.usam_discrete_converges(lr, rho, -1.0)
+                                        and theory.usam_discrete_converges(lr, rho, 1.0)),
+        "sam_flow_attracted_x0": bool(theory.sam_flow_contracts(rho, -1.0, g0)),
+        "sam_flow_attracted_noise": bool(theory.sam_flow_contracts(rho, -1.0, g_noise)),
+        "grad_norm_x0": g0, "grad_norm_noise": g_noise,
+    }])
 
 
-def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
+def escape_grid(cfg: Config, *, executor=None, out: Path | None = None) -> pd.DataFrame:
+    return _common.run_grid(escape_specs(cfg), escape_cell, executor=executor, out=out)
+
+
+def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=None) -> Path:
+    """Compute and save the study under ``results/saddle_attraction``; cells run on ``executor`` (``None``:
+    in this process) and are kept in its ``cells/`` folder."""
     _common.setup_torch()
     out = _common.study_dir(results, STUDY)
     with _common.Timer() as t:
-        frames = {"distance": distance_over_time(cfg), "escape": escape_grid(cfg)}
+        frames = {"distance": distance_over_time(cfg, executor=executor, out=out),
+                  "escape": escape_grid(cfg, executor=executor, out=out)}
     return _common.finish(cfg, out, frames, t.seconds)
 
 
 def main(argv=None) -> Path:
     args = _common.parse_args(argv, __doc__.splitlines()[0])
-    return run(Config.quick() if args.quick else Config(), args.results)
+    with _common.executor_from_args(args) as executor:
+        return run(Config.quick() if args.quick else Config(), args.results, executor=executor)
 
 
 if __name__ == "__main__":

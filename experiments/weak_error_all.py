@@ -15,6 +15,7 @@ was refused), ``relative.csv`` (the SAM-SDE paper's relative statistic), ``solve
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import warnings
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 import sde_sam as ss  # noqa: E402
+from sde_sam import executors  # noqa: E402
 
 STUDY = "weak_error_all"
 METHODS = ("SGD", "USAM", "DNSAM", "SAM", "UnifiedSAM", "EigenSAM")
@@ -86,10 +88,15 @@ def _refit(study, tf: str, model: str, err: ValueError, label: dict) -> dict:
             "n_lrs": 0, "note": str(err)}
 
 
-def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
+def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=None) -> Path:
+    """Compute and save the study under ``results/weak_error_all``. Each method's ``weak_error`` study runs
+    its cells on ``executor`` (``None``: in this process) and keeps them in
+    ``studies/<method>-<config key>/`` (a rerun of the same configuration computes only missing cells)."""
     _common.setup_torch()
     weak_error = importlib.import_module("sde_sam.weak_error").weak_error
+    accepts = inspect.signature(weak_error).parameters
     out = _common.study_dir(results, STUDY)
+    config_key = executors.spec_key(_common._jsonable(cfg))
     f64 = torch.float64
     prob = ss.Quadratic(torch.diag(torch.tensor(cfg.eigenvalues, dtype=f64)), noise_cov=cfg.noise_cov)
     x0 = torch.tensor(cfg.x0, dtype=f64)
@@ -105,7 +112,9 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
                                    seed=cfg.seed, sde_order=orders,
                                    rho=None if name == "SGD" else (lambda lr: cfg.rho_coef * lr**0.5),
                                    dt_ratio=cfg.dt_ratio, expectation=cfg.expectation if sampled else "auto",
-                                   solver_check=cfg.solver_check, progress=False)
+                                   solver_check=cfg.solver_check, progress=False,
+                                   **({"executor": executor} if "executor" in accepts else {}),
+                                   results_dir=out / "studies" / f"{name}-{config_key}")
             label = {"method": name, "mode": study.mode}
             tables.append(study.table.assign(**label))
             gaps.append(study.max_gaps().assign(**label))
@@ -135,7 +144,8 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
 
 def main(argv=None) -> Path:
     args = _common.parse_args(argv, __doc__.splitlines()[0])
-    return run(Config.quick() if args.quick else Config(), args.results)
+    with _common.executor_from_args(args) as executor:
+        return run(Config.quick() if args.quick else Config(), args.results, executor=executor)
 
 
 if __name__ == "__main__":

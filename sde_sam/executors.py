@@ -26,7 +26,10 @@ Example:
     ...     table = grid(specs, my_cell, executor=pool, results_dir="results/my_study")
 
 Cell functions and specs travel to the workers by pickling: define cell functions at module level (a
-``ProcessPoolExecutor`` pickles them by reference); Ray uses ``cloudpickle``.
+``ProcessPoolExecutor`` pickles them by reference); Ray uses ``cloudpickle``. Prefer processes (or Ray) to
+threads: torch's forward-mode AD levels are global to a process, so two cells that take ``jvp``s at the
+same time in one process (SDE models of order >= 1 and Hessian-vector products use them) fail with
+"forward AD level" errors on a ``ThreadPoolExecutor``; cells that only run discrete methods are fine there.
 """
 from __future__ import annotations
 
@@ -86,8 +89,9 @@ def run_cells(cells: Sequence[tuple[Hashable, Any]], cell_fn: Callable[[Any], An
         cell_fn: a function of one spec. With a process pool or Ray it must pickle (a module-level function).
         executor: ``None`` (in this process, one cell after another) or any object with the ``submit`` of
             ``concurrent.futures.Executor`` returning a ``concurrent.futures.Future``:
-            ``ThreadPoolExecutor``, ``ProcessPoolExecutor``, Dask's ``client.get_executor()``,
-            :class:`RayExecutor`. It is not shut down here.
+            ``ProcessPoolExecutor``, Dask's ``client.get_executor()``, :class:`RayExecutor`, or a
+            ``ThreadPoolExecutor`` for cells without forward-mode AD (see the module docstring). It is not
+            shut down here.
         on_result: called as ``on_result(key, result)`` in *this* process and thread as each cell completes
             (completion order): the place to save it. An exception from ``on_result`` is not a cell failure:
             the cells not yet started are cancelled and it propagates.

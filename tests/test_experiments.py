@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -134,9 +136,83 @@ def test_reproduce_subcommand_parses_and_dispatches():
         parser.parse_args(["reproduce", "no_such_study"])
 
 
+@pytest.mark.parametrize("study", ["normalization", "sam_quadratic"])
+def test_grid_studies_are_identical_on_a_thread_pool(tiny_results, tmp_path, study):
+    """The cells of a study run anywhere: a thread pool writes the same tables, byte for byte. (Not the SDE
+    cells of saddle_attraction nor the sharpness of edge_of_stability: torch's forward-mode AD levels are
+    process-global, so cells that take ``jvp``s must not share a process; use processes or Ray for those.)"""
+    module = experiment(study)
+    with ThreadPoolExecutor(2) as pool:
+        module.run(module.Config.tiny(), tmp_path, executor=pool)
+    for table in TABLES[study]:
+        assert (tmp_path / study / f"{table}.csv").read_bytes() == (tiny_results / study / f"{table}.csv").read_bytes()
+
+
+def test_study_cells_travel_to_spawned_processes_and_resume(tiny_results, tmp_path):
+    """Cells defined in a script (loaded by path) run in spawned worker processes; a rerun loads them all."""
+    module = experiment("sam_quadratic")
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        module.run(module.Config.tiny(), tmp_path, executor=pool)
+    out = tmp_path / "sam_quadratic"
+    for table in TABLES["sam_quadratic"]:
+        assert (out / f"{table}.csv").read_bytes() == (tiny_results / "sam_quadratic" / f"{table}.csv").read_bytes()
+    cells = sorted((out / "cells").glob("*.pkl"))
+    assert len(cells) == len(module.cycle_specs(module.Config.tiny())) + 1 + len(module.Config.tiny().drift_rhos)
+    stamps = [p.stat().st_mtime_ns for p in cells]
+    module.run(module.Config.tiny(), tmp_path, executor=None)  # resumed: nothing recomputed or rewritten
+    assert [p.stat().st_mtime_ns for p in cells] == stamps
+    assert (out / "cycle.csv").read_bytes() == (tiny_results / "sam_quadratic" / "cycle.csv").read_bytes()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "0"], "argument --workers: must be a positive integer, got '0'"),
+    (["--workers", "two"], "argument --workers: must be a positive integer, got 'two'"),
+    (["--executor", "serial", "--workers", "2"], "argument --workers: needs --executor process or ray"),
+    (["--executor", "process", "--address", "auto"], "argument --address: needs --executor ray"),
+    (["--executor", "dask"], "argument --executor: invalid choice"),
+])
+def test_reproduce_refuses_bad_executor_flags(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        reproduce.main(["normalization", "--quick", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err, err
+
+
+def test_reproduce_executor_flags_resolve():
+    parser = argparse.ArgumentParser(prog="sde-sam")
+    reproduce.add_parser(parser.add_subparsers(dest="command"))
+    for argv, kind in ((["--workers", "2"], "process"), ([], "serial"), (["--address", "auto"], "ray"),
+                       (["--executor", "process"], "process")):
+        args = parser.parse_args(["reproduce", "all", *argv])
+        if kind == "ray" and importlib.util.find_spec("ray") is None:
+            continue
+        reproduce.check_executor_arguments(args.reproduce_parser, args)
+        assert args.executor == kind
+    assert args.figs is None  # figures default to <results>/figs, never the committed paper_figs/
+
+
+def test_reproduce_help_says_where_figures_go(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: DIR/figs under --results" in text and "--figs paper_figs" in text
+    assert "--executor {serial,process,ray}" in text and "--workers N" in text
+
+
 def test_reproduce_runs_a_study_and_its_figure(tmp_path):
     assert reproduce.main(["normalization", "--quick", "--results", str(tmp_path / "r"),
                            "--figs", str(tmp_path / "f")]) == 0
     assert (tmp_path / "r" / "normalization" / "divergence.csv").exists()
     assert (tmp_path / "f" / "normalization.png").exists()
     assert (tmp_path / "r" / "reproduce_quick_timing.json").exists()
+
+
+def test_reproduce_writes_figures_under_results_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    committed = {p: p.stat().st_mtime_ns for p in (ROOT / "paper_figs").glob("*.png")}
+    assert reproduce.main(["normalization", "--quick", "--results", "r", "--workers", "1"]) == 0
+    assert (tmp_path / "r" / "figs" / "normalization.png").exists()
+    assert {p: p.stat().st_mtime_ns for p in (ROOT / "paper_figs").glob("*.png")} == committed
+    timing = json.loads((tmp_path / "r" / "reproduce_quick_timing.json").read_text())
+    assert timing["executor"] == "process" and timing["workers"] == 1

@@ -92,6 +92,17 @@ def coupled_paths(problem: Problem, method: Method, sde, x0: Tensor, *, steps: i
             for name, fn in obs.items():
                 out[name][slot[k]] = torch.where(alive, fn(y), math.nan).detach().cpu()
 
+    if sde.linear is not None:  # Ornstein–Uhlenbeck: X (I - dt Aᵀ) + sqrt(dt) ζ Fᵀ, one fused GEMM pair
+        A, F = sde.linear
+        M, Fs = torch.eye(d, dtype=dtype, device=device) - dt * A.T, sqrt_dt * F.T
+
+        def step(X: Tensor, z: Tensor) -> Tensor:
+            return torch.addmm(z[:, : Fs.shape[0]] @ Fs, X, M)
+    else:
+        def step(X: Tensor, z: Tensor) -> Tensor:
+            drift, noise = sde.terms(X, (None, z), None)
+            return X + dt * drift + sqrt_dt * noise
+
     record(0)
     for k in range(steps):
         xi = torch.randn(n_paths, d, generator=gen, dtype=dtype, device=device)
@@ -101,8 +112,7 @@ def coupled_paths(problem: Problem, method: Method, sde, x0: Tensor, *, steps: i
         zeta = torch.randn(r, n_paths, d, generator=gen, dtype=dtype, device=device)
         zeta = zeta - zeta.mean(dim=0, keepdim=True) - xi / sqrt_r
         for j in range(r):
-            drift, noise = sde.terms(X, (None, zeta[j]), None)
-            X = X + dt * drift + sqrt_dt * noise
+            X = step(X, zeta[j])
         if k + 1 in slot:
             record(k + 1)
     return np.array(ks) * lr, vals[0], vals[1], ~alive.cpu()

@@ -108,6 +108,26 @@ def spawn_pool(workers: int = 2) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
 
 
+@pytest.fixture(scope="module")
+def process_pool():
+    """Two spawned workers shared by the module's tests (each start imports torch: seconds)."""
+    with spawn_pool() as pool:
+        yield pool
+
+
+def small_weak_error(**kwargs) -> ss.WeakErrorStudy:
+    """A Monte-Carlo weak-error study of SAM (order-0 and order-1 models, two learning rates): 8 cells."""
+    prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 2.0], dtype=F64)), noise_cov=0.5)
+    return ss.weak_error(prob, ss.SAM(0.2, rho=0.1), lrs=[0.2, 0.1], horizon=0.4,
+                         x0=torch.tensor([1.0, 1.0], dtype=F64), n_paths=64, seed=3, sde_order=[0, 1], dt_ratio=2,
+                         expectation=2, solver_check=True, mode="monte_carlo", progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def weak_error_serial() -> ss.WeakErrorStudy:
+    return small_weak_error()
+
+
 # ------------------------------------------------------------------ same table through every executor
 
 
@@ -127,9 +147,8 @@ def test_thread_pool_gives_the_same_table(serial_table):
     pdt.assert_frame_equal(table, serial_table, check_exact=True)
 
 
-def test_process_pool_gives_the_same_table(serial_table, tmp_path):
-    with spawn_pool() as pool:
-        table = grid(escape_specs(), escape_cell, executor=pool, results_dir=tmp_path)
+def test_process_pool_gives_the_same_table(serial_table, tmp_path, process_pool):
+    table = grid(escape_specs(), escape_cell, executor=process_pool, results_dir=tmp_path)
     pdt.assert_frame_equal(table, serial_table, check_exact=True)
     assert len(list((tmp_path / "cells").glob("*.pkl"))) == len(escape_specs())
     # reloaded from disk: still identical (exact round trip), nothing recomputed
@@ -144,6 +163,21 @@ def test_ray_gives_the_same_table_and_resumes(serial_table, ray_cluster, tmp_pat
     assert ray_cluster.is_initialized()
     pdt.assert_frame_equal(table, serial_table, check_exact=True)
     pdt.assert_frame_equal(first, serial_table.iloc[: len(first)], check_exact=True)
+
+
+def test_weak_error_is_identical_on_processes_and_resumes(weak_error_serial, process_pool, tmp_path):
+    study = small_weak_error(executor=process_pool, results_dir=tmp_path)
+    pdt.assert_frame_equal(study.table, weak_error_serial.table, check_exact=True)
+    pdt.assert_frame_equal(study.solver_error, weak_error_serial.solver_error, check_exact=True)
+    again = small_weak_error(results_dir=tmp_path)  # every cell loaded from disk
+    assert (again.cells["source"] == "loaded").all()
+    pdt.assert_frame_equal(again.table, weak_error_serial.table, check_exact=True)
+
+
+def test_weak_error_is_identical_on_ray(weak_error_serial, ray_cluster):
+    with RayExecutor() as ex:
+        study = small_weak_error(executor=ex)
+    pdt.assert_frame_equal(study.table, weak_error_serial.table, check_exact=True)
 
 
 def test_ray_reports_failed_cells(ray_cluster):

@@ -74,6 +74,60 @@ def figure(res: dict, path: Path) -> None:
     plt.close(g.figure)
 
 
+def nonlinear_lines(path: Path) -> list[str]:
+    """The section of bench_nonlinear.py (one SDE solver step vs one discrete step), if it was run."""
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text())
+    m = res["machine"]
+    L = ["## Nonlinear SDE models: one solver step vs one discrete step (bench_nonlinear.py)\n",
+         f"`python benchmarks/bench_nonlinear.py` ({res['wall_s']:.0f} s; torch single-threaded on a "
+         f"{m['cores']}-core machine shared with other jobs, load average {m['load_average'][0]:.1f} at the start and "
+         f"{m['load_average_end'][0]:.1f} at the end; every configuration timed in the same rounds, interleaved, best "
+         f"of {res['results'][0]['rounds']}). SAM, lr = {res['config']['lr']}, rho = {res['config']['rho']}, "
+         f"dt = {res['config']['dt']}. **new**: `expectation=\"auto\"`, the two-draw weak scheme of MATH §4.1 "
+         "(two draws and one scalar per path-step: the mean and covariance of the Euler–Maruyama step of the "
+         "model, exactly for orders <= 1); **previous**: the former default (exact enumeration of the samples "
+         "for the B = 1 teacher-student problem; K = 32 sampled mini-batches for the MLP, whose order-0 model "
+         "enumerates its per-sample gradients). Targets of issue 12: <= 3x a discrete step for order 0 and "
+         "exact, <= 5x for order 1, <= 8x for order 2.\n"]
+    for r in res["results"]:
+        L.append(f"**{r['problem']}** (d = {r['d']}, n = {r['n_samples']}, batch {r['batch_size']}, {r['dtype']}, "
+                 f"{r['n_paths']:,} paths): one discrete SAM step **{fmt(r['discrete_ms_per_step'])} ms**.\n")
+        rows = []
+        for row in r["rows"]:
+            ok = "" if row["target"] is None else (" (ok)" if row["relative_to_discrete"] <= row["target"] else " (MISSED)")
+            rows.append([row["order"], row["default"], row["mode"] + (f", K={row['K']}" if row["K"] else ""),
+                         fmt(row["ms_per_step"]), f"**{row['relative_to_discrete']:.1f}x**" + ok,
+                         "-" if row["target"] is None else f"<= {row['target']:g}x"])
+        L.append(table(["SDE order", "default", "expectation", "ms / step", "x discrete step", "target"], rows))
+        L.append("")
+    L.append("A discrete SAM step evaluates two mini-batch gradients per path; a two-draw step evaluates the "
+             "model's effective gradient for two draws per path: order 0 two gradients, order 1 a gradient and "
+             "a `jvp` (gradient + HVP) each, order 2 a nested `jvp`, exact two gradients each. The ratios are "
+             "therefore set by the autodiff cost of one effective gradient, not by n, B or K.\n")
+    return L
+
+
+def gpu_lines(path: Path) -> list[str]:
+    """The section of bench_gpu.py, or a note that it has not been run on a GPU yet."""
+    L = ["## GPU throughput (bench_gpu.py)\n"]
+    if not path.exists():
+        L.append("`python benchmarks/bench_gpu.py` prints path-steps/s of the linear USAM SDE at d = 20 and 10^6 "
+                 "paths and of the order-1 SAM SDE (two-draw scheme) on the 67-parameter MLP, beside discrete SAM, "
+                 "on one CUDA device, and writes `results/gpu.json`. Not measured yet: no GPU was available to the "
+                 "session that wrote it.\n")
+        return L
+    res = json.loads(path.read_text())
+    L.append(f"`python benchmarks/bench_gpu.py` on {res['device']} (torch {res['torch']}, CUDA {res['cuda']}), "
+             "best of 3 after a warm-up, observables at start and end only.\n")
+    rows = [[r["case"], f"{r['n_paths']:,}", r["steps"], fmt(r["seconds"]), f"{r['path_steps_per_s']:.3g}"]
+            for r in res["rows"]]
+    L.append(table(["case", "paths", "steps", "s", "path-steps / s"], rows))
+    L.append("")
+    return L
+
+
 def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = HERE / "results" / "discrete.json",
          out: Path = HERE / "README.md", fig: Path = HERE / "sde_vs_torchsde.png") -> None:
     res = json.loads(Path(sde_json).read_text())
@@ -267,7 +321,12 @@ def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = H
                  "term), against 2 mini-batch gradients for a discrete SAM step: counting a HVP as about 2 "
                  "gradients, order 1 is about 32 x 3 / 2 = 48 discrete steps, order 2 (a nested jvp, about 7 "
                  "gradients per draw) about 110. Solver overhead is negligible here; fewer draws "
-                 "(`sde_model(..., expectation=K)`) trade cost for noise in the drift and diffusion estimates.\n")
+                 "(`sde_model(..., expectation=K)`) trade cost for noise in the drift and diffusion estimates. "
+                 "These rows were measured with that previous default; the default is now the two-draw weak "
+                 "scheme (next section), two effective gradients per path-step whatever K or the batch size.\n")
+
+    L += nonlinear_lines(HERE / "results" / "nonlinear.json")
+    L += gpu_lines(HERE / "results" / "gpu.json")
 
     if res.get("engine"):
         en = res["engine"]

@@ -293,3 +293,81 @@ def test_simulate_validation(kwargs, match):
         ss.simulate(sde, torch.ones(2, dtype=f64), **kwargs)
     with pytest.raises(TypeError, match="`sde` must come from"):
         ss.simulate("sde", torch.ones(2, dtype=f64), t1=1.0, dt=0.01)
+
+
+# ---------------------------------------------------------------- paper form with d > draws (regression)
+@pytest.mark.parametrize("batch_size, expectation", [(1, "auto"), (2, 4)])
+def test_paper_diffusion_noise_dimension_is_d_when_d_exceeds_the_draws(batch_size, expectation):
+    # d = 6 > n = 3 enumerated samples (B = 1), or > K = 4 sampled batches: the paper factor is (d, d).
+    prob = ss.problems.teacher_student(n=3, d_in=2, width=2, batch_size=batch_size)
+    sde = ss.sde_model(prob, ss.SAM(0.1, 0.2), order=1, diffusion="paper", expectation=expectation)
+    assert sde.noise_dim == prob.d == 6 and sde.mode in ("enumerate", "sampled")
+    x = prob.x_init.expand(3, -1).clone()
+    assert sde.g(0.0, x).shape == (3, prob.d, prob.d)
+    sol = ss.simulate(sde, prob.x_init, t1=0.05, dt=0.01, n_paths=8, seed=0)
+    assert torch.isfinite(sol.x_final).all() and not sol.x_final.eq(prob.x_init).all()
+
+
+# ---------------------------------------------------------------- momentum models (MATH §3.5)
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_model_is_the_plain_model_at_rate_lr_over_one_minus_beta(nesterov):
+    beta = 0.75
+    prob = ss.problems.teacher_student(n=6, d_in=1, width=2)
+    x = prob.x_init.expand(2, -1).clone()
+    for order in (1, "exact"):
+        plain = ss.sde_model(prob, ss.SAM(0.1, 0.2), order=order)
+        mom = ss.sde_model(prob, ss.SAM(0.1, 0.2, momentum=beta, nesterov=nesterov), order=order)
+        assert torch.allclose(mom.drift(x), plain.drift(x) / (1 - beta), atol=1e-14)
+        assert torch.allclose(mom.diffusion_factor(x), plain.diffusion_factor(x) / (1 - beta), atol=1e-14)
+    # Quadratic, USAM: OU with A = H(I + rho H)/(1-beta), F = sqrt(lr)(I + rho H) Sigma^1/2 /(1-beta), and
+    # stationary loss lr sigma^2 (d + rho tr H) / (4 (1-beta)) (Lyapunov, diagonal H).
+    lams, lr, rho, sigma2 = torch.tensor([1.0, 3.0], dtype=f64), 0.05, 0.2, 0.09
+    sde = ss.sde_model(diag_quadratic(tuple(lams.tolist()), sigma2), ss.USAM(lr, rho, momentum=beta, nesterov=nesterov))
+    A, F = sde.linear
+    assert torch.allclose(A, torch.diag(lams * (1 + rho * lams)) / (1 - beta), atol=1e-14)
+    C = torch.diag(F @ F.T) / (2 * torch.diag(A))
+    assert float(0.5 * (lams * C).sum()) == pytest.approx(lr * sigma2 * (2 + rho * float(lams.sum())) / (4 * (1 - beta)))
+
+
+def test_momentum_two_draw_step_is_scaled():
+    prob = ss.problems.teacher_student(n=6, d_in=1, width=2)
+    x = prob.x_init.expand(2, -1).clone()
+    rand = ss.sde_model(prob, ss.SAM(0.1, 0.2)).sampler()((2,), torch.Generator().manual_seed(0))
+    plain = ss.sde_model(prob, ss.SAM(0.1, 0.2)).terms(x, rand, None, dt=0.01)
+    mom = ss.sde_model(prob, ss.SAM(0.1, 0.2, momentum=0.5)).terms(x, rand, None, dt=0.01)
+    for a, b in zip(mom, plain):
+        assert torch.allclose(a, 2 * b, atol=1e-14)
+
+
+# ---------------------------------------------------------------- methods with an oracle (contract 1)
+@pytest.mark.parametrize("method_cls, rhos", [(ss.TwoStepUSAM, (0.04, 0.02)), (ss.HessianUSAM, (0.01, 0.005))])
+def test_oracle_methods_models_have_the_right_order_in_rho(method_cls, rhos):
+    # Hessian USAM's eps = rho H g is larger than rho |g| here: smaller rho to be in the asymptotic range.
+    prob = ss.problems.teacher_student(n=8, batch_size=1)
+    x = prob.x_init.expand(2, -1) + 0.3 * torch.randn(2, prob.d, dtype=f64, generator=torch.Generator().manual_seed(0))
+    errs = {1: [], 2: []}
+    for rho in rhos:
+        exact = ss.sde_model(prob, method_cls(0.1, rho), order="exact").drift(x)
+        for r in (1, 2):
+            errs[r].append((ss.sde_model(prob, method_cls(0.1, rho), order=r).drift(x) - exact).norm())
+    # eps = O(rho): order-1 error O(rho^2), order-2 error O(rho^3)
+    assert math.log2(errs[1][0] / errs[1][1]) == pytest.approx(2.0, abs=0.3)
+    assert math.log2(errs[2][0] / errs[2][1]) == pytest.approx(3.0, abs=0.3)
+    # the exact drift is -E grad f_i(x + eps_i(x)) with the method's own perturbation
+    n = prob.n
+    xr, draws = x.repeat_interleave(n, 0), torch.arange(n)[:, None].repeat(2, 1)
+    m = method_cls(0.1, 0.02)
+    g = prob.stochastic_grad(xr, draws)
+    eps = m.perturbation(g, eps=1e-12, x=xr, hvp=lambda u: prob.stochastic_hvp(xr, u, draws),
+                         grad_at=lambda y: prob.stochastic_grad(y, draws)).eps
+    brute = -prob.stochastic_grad(xr + eps, draws).view(2, n, -1).mean(1)
+    assert torch.allclose(ss.sde_model(prob, m, order="exact").drift(x), brute, atol=1e-13)
+
+
+def test_finite_sum_without_d_simulates():
+    data = torch.randn(8, 3, dtype=f64, generator=torch.Generator().manual_seed(0))
+    prob = ss.FiniteSum(lambda x, s: 0.5 * (s @ x) ** 2 + 0.25 * (x**4).sum(), data, batch_size=2)
+    assert prob.d is None
+    sde = ss.sde_model(prob, ss.SAM(0.1, 0.2), order=1)
+    sol = ss.simulate(sde, torch.ones(3, dtype=f64), t1=0.05, dt=0.01, n_paths=4, seed=0)
+    assert prob.d == 3 and torch.isfinite(sol.x_final).all()

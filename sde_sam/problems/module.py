@@ -10,9 +10,10 @@ where :math:`x\in\mathbb R^d` stacks the model's *trainable* parameters (``requi
 constants, copied when the problem is built. A loss that is not a mean of per-sample losses (train-mode
 BatchNorm, Dropout and other random or batch-coupled layers, ``reduction="sum"``) is refused.
 
-Normalisation layers are evaluated through their textbook formulas (mean, variance, ``rsqrt``) rather than
-torch's fused kernels: in torch 2.13 the fused ``layer_norm`` and ``instance_norm`` have wrong third derivatives
-under every autodiff nesting, and the Taylor drifts of order 2 need them (``tests/test_module.py``).
+Normalisation layers (and the squared and Huber losses) are evaluated through their textbook formulas (mean,
+variance, ``rsqrt``) rather than torch's fused kernels: in torch 2.13 the fused ``layer_norm`` and
+``instance_norm`` have wrong third derivatives under every autodiff nesting (the Taylor drifts of order 2 need
+them), and ``mse_loss``/``huber_loss`` fail under forward-over-reverse HVPs (``tests/test_module.py``).
 """
 from __future__ import annotations
 
@@ -66,11 +67,32 @@ def _batch_norm(input, running_mean, running_var, weight=None, bias=None, traini
     return _channel_affine(y, weight, bias)
 
 
-_COMPOSITES = {F.layer_norm: _layer_norm, F.instance_norm: _instance_norm, F.batch_norm: _batch_norm}
+def _reduce(loss: Tensor, weight, reduction: str) -> Tensor:
+    loss = loss if weight is None else loss * weight
+    return {"mean": torch.mean, "sum": torch.sum}.get(reduction, lambda t: t)(loss)
+
+
+def _mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    if size_average is not None or reduce is not None:  # legacy arguments: torch's own resolution
+        reduction = F._Reduction.legacy_get_string(size_average, reduce)
+    return _reduce((input - target) ** 2, weight, reduction)
+
+
+def _huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
+    diff = input - target
+    size = diff.abs()
+    return _reduce(torch.where(size < delta, 0.5 * diff * diff, delta * (size - 0.5 * delta)), weight, reduction)
+
+
+# torch 2.13: the fused layer_norm / instance_norm have wrong third derivatives (and batch_norm's are not
+# trusted); mse_loss and huber_loss fail under forward-over-reverse (a ZeroTensor target tangent, a missing
+# forward-AD formula). Their textbook formulas are exact under every nesting.
+_COMPOSITES = {F.layer_norm: _layer_norm, F.instance_norm: _instance_norm, F.batch_norm: _batch_norm,
+               F.mse_loss: _mse_loss, F.huber_loss: _huber_loss}
 
 
 class _ExactNorms(TorchFunctionMode):
-    """Route ``F.layer_norm``, ``F.instance_norm`` and ``F.batch_norm`` to their composite formulas."""
+    """Route normalisation layers and the squared / Huber losses to their composite formulas."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         impl = _COMPOSITES.get(func, func)
@@ -135,6 +157,11 @@ class FlatParams:
         with _ExactNorms():
             return functional_call(self.model, (self.unflatten(x1), self.constants), inputs)
 
+    def loss(self, loss_fn, x1: Tensor, inputs: tuple[Tensor, ...], targets: Tensor) -> Tensor:
+        """``loss_fn(model(inputs), targets)`` at ``x1``, with the composite formulas in the loss as well."""
+        with _ExactNorms():
+            return loss_fn(functional_call(self.model, (self.unflatten(x1), self.constants), inputs), targets)
+
 
 class ModuleSampleLoss:
     r"""Per-sample loss :math:`\ell_i(x)`: ``loss_fn`` on a batch of one, ``(x1: (d,), (*inputs, target)) -> ()``.
@@ -147,8 +174,7 @@ class ModuleSampleLoss:
 
     def __call__(self, x1: Tensor, sample: tuple[Tensor, ...]) -> Tensor:
         *inputs, target = sample
-        out = self.params.forward(x1, tuple(a.unsqueeze(0) for a in inputs))
-        return self.loss_fn(out, target.unsqueeze(0))
+        return self.params.loss(self.loss_fn, x1, tuple(a.unsqueeze(0) for a in inputs), target.unsqueeze(0))
 
 
 class ModuleBatchLoss:
@@ -159,7 +185,7 @@ class ModuleBatchLoss:
 
     def __call__(self, x1: Tensor) -> Tensor:
         *inputs, targets = self.data
-        return self.loss_fn(self.params.forward(x1, tuple(inputs)), targets)
+        return self.params.loss(self.loss_fn, x1, tuple(inputs), targets)
 
 
 def _check_data(data, params: FlatParams) -> tuple[Tensor, ...]:
@@ -191,11 +217,11 @@ def _check_loss(params: FlatParams, loss_fn, data: tuple[Tensor, ...]) -> None:
             raise ValueError("the model's output is random (two evaluations differ): remove the random layer or "
                              "call model.eval()")
         *inputs, target = (t[:1] for t in data)
-        one = loss_fn(params.forward(x, tuple(inputs)), target)
+        one = params.loss(loss_fn, x, tuple(inputs), target)
         if not isinstance(one, Tensor) or one.ndim != 0:
             raise ValueError("`loss_fn(outputs, targets)` must return a scalar (reduction='mean'), got "
                              f"{tuple(one.shape) if isinstance(one, Tensor) else type(one).__name__}")
-        two = loss_fn(params.forward(x, tuple(torch.cat([a, a]) for a in inputs)), torch.cat([target, target]))
+        two = params.loss(loss_fn, x, tuple(torch.cat([a, a]) for a in inputs), torch.cat([target, target]))
         if not torch.allclose(one, two, rtol=1e-4, atol=0):
             raise ValueError("`loss_fn` must average over the batch (reduction='mean'): on a sample repeated twice "
                              f"it gave {float(two):.6g}, on the sample alone {float(one):.6g}")

@@ -89,6 +89,11 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def config_from_spec(cls: type, fields: dict) -> Any:
+    """The frozen-dataclass config ``cls`` back from its JSON form (``_jsonable``: lists become tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
 def save_config(config: Any, out: str | Path, **extra: Any) -> Path:
     """Write the frozen-dataclass ``config`` (plus ``extra`` facts, e.g. runtime) to ``out/config.json``."""
     payload = {"config": _jsonable(config), "config_class": type(config).__qualname__,

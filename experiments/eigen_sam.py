@@ -110,13 +110,26 @@ def alignment_run(cfg: Config, method: ss.Method, prob: ss.FiniteSum) -> pd.Data
     return pd.concat(rows, ignore_index=True)
 
 
-def alignment_study(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
-    prob = ss.problems.teacher_student(n=cfg.n, d_in=cfg.d_in, width=cfg.width, batch_size=cfg.batch_size,
+def _alignment_problem(cfg: Config) -> ss.FiniteSum:
+    return ss.problems.teacher_student(n=cfg.n, d_in=cfg.d_in, width=cfg.width, batch_size=cfg.batch_size,
                                        seed=cfg.seed)
-    methods = [ss.SGD(cfg.lr), ss.SAM(cfg.lr, rho=cfg.rho),
-               ss.EigenSAM(cfg.lr, rho=cfg.rho, alpha=cfg.alpha, refresh_every=cfg.refresh_every,
-                           power_iters=cfg.power_iters)]
-    per_path = pd.concat([alignment_run(cfg, m, prob) for m in methods], ignore_index=True)
+
+
+def alignment_cell(spec: dict) -> pd.DataFrame:
+    """Per-path alignment records of one method (``spec["method"]``) on the configuration ``spec["config"]``."""
+    _common.setup_torch()
+    cfg = _common.config_from_spec(Config, spec["config"])
+    method = {"SGD": lambda: ss.SGD(cfg.lr), "SAM": lambda: ss.SAM(cfg.lr, rho=cfg.rho),
+              "EigenSAM": lambda: ss.EigenSAM(cfg.lr, rho=cfg.rho, alpha=cfg.alpha, refresh_every=cfg.refresh_every,
+                                              power_iters=cfg.power_iters)}[spec["method"]]()
+    return alignment_run(cfg, method, _alignment_problem(cfg))
+
+
+def alignment_study(cfg: Config, *, executor=None, out: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    prob = _alignment_problem(cfg)
+    specs = [{"part": "alignment", "method": name, "config": _common._jsonable(cfg)}
+             for name in ("SGD", "SAM", "EigenSAM")]
+    per_path = _common.run_grid(specs, alignment_cell, executor=executor, out=out)
     value_cols = [c for c in ("alignment", "lambda_max", "loss", "grad_alignment", "v_alignment", "alignment_exact_v")
                   if c in per_path]
     g = per_path.groupby(["method", "step", "time"], sort=False)[value_cols]
@@ -128,27 +141,41 @@ def alignment_study(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, summary
 
 
-def sde_orders_study(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+SDE_OBSERVABLES = ("loss", "grad_norm", "lambda_max")
+
+
+def sde_orders_cell(spec: dict) -> pd.DataFrame:
+    """One model's run (``spec["order"]``: ``None`` for discrete SAM, else the SDE order) as a tidy frame."""
+    _common.setup_torch()
+    cfg = _common.config_from_spec(Config, spec["config"])
     prob = ss.problems.teacher_student(n=cfg.sde_n, d_in=cfg.sde_d_in, width=cfg.sde_width, batch_size=1,
                                        seed=cfg.seed)
     method = ss.SAM(cfg.sde_lr, rho=cfg.sde_rho)
-    obs = ("loss", "grad_norm", "lambda_max")
     steps = round(cfg.sde_horizon / cfg.sde_lr)
     every = max(1, steps // cfg.sde_records)
-    trajs = {"discrete SAM": ss.run(prob, method, prob.x_init, steps=steps, n_paths=cfg.sde_paths, seed=cfg.seed,
-                                    record_every=every, observables=obs)}
-    dt = cfg.sde_lr / cfg.sde_dt_ratio
-    for order in cfg.sde_orders:
+    order = spec["order"]
+    if order is None:
+        name, traj = "discrete SAM", ss.run(prob, method, prob.x_init, steps=steps, n_paths=cfg.sde_paths,
+                                            seed=cfg.seed, record_every=every, observables=SDE_OBSERVABLES)
+    else:
         sde = ss.sde_model(prob, method, order=order)
-        trajs[f"SDE order {order}"] = ss.simulate(sde, prob.x_init, t1=steps * cfg.sde_lr, dt=dt,
-                                                  n_paths=cfg.sde_paths, seed=cfg.seed + 1 + order,
-                                                  record_every=every * cfg.sde_dt_ratio, observables=obs)
-    table = pd.concat([_common.trajectory_frame(t, model=name, lr=cfg.sde_lr, rho=cfg.sde_rho)
-                       for name, t in trajs.items()], ignore_index=True)
+        name, traj = f"SDE order {order}", ss.simulate(sde, prob.x_init, t1=steps * cfg.sde_lr,
+                                                       dt=cfg.sde_lr / cfg.sde_dt_ratio, n_paths=cfg.sde_paths,
+                                                       seed=cfg.seed + 1 + order,
+                                                       record_every=every * cfg.sde_dt_ratio,
+                                                       observables=SDE_OBSERVABLES)
+    return _common.trajectory_frame(traj, model=name, lr=cfg.sde_lr, rho=cfg.sde_rho)
+
+
+def sde_orders_study(cfg: Config, *, executor=None, out: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    obs = SDE_OBSERVABLES
+    specs = [{"part": "sde_orders", "order": order, "config": _common._jsonable(cfg)}
+             for order in (None, *cfg.sde_orders)]
+    table = _common.run_grid(specs, sde_orders_cell, executor=executor, out=out)
     # gap to the discrete method at each time, in units of the combined standard error
     ref = table[table["model"] == "discrete SAM"].set_index(["observable", "time"])
     rows = []
-    for name in trajs:
+    for name in table["model"].unique():
         if name == "discrete SAM":
             continue
         sub = table[table["model"] == name].set_index(["observable", "time"])
@@ -162,12 +189,14 @@ def sde_orders_study(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, pd.DataFrame(rows)
 
 
-def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
+def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=None) -> Path:
+    """Compute and save the study under ``results/eigen_sam``; one cell per method (alignment) and per model
+    (SDE orders) on ``executor`` (``None``: in this process), kept in its ``cells/`` folder."""
     _common.setup_torch()
     out = _common.study_dir(results, STUDY)
     with _common.Timer() as timer:
-        align, align_summary = alignment_study(cfg)
-        orders, orders_summary = sde_orders_study(cfg)
+        align, align_summary = alignment_study(cfg, executor=executor, out=out)
+        orders, orders_summary = sde_orders_study(cfg, executor=executor, out=out)
     print(align_summary.round(3).to_string(index=False))
     print(orders_summary.round(4).to_string(index=False))
     frames = {"alignment": align, "alignment_summary": align_summary, "sde_orders": orders,
@@ -177,7 +206,8 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS) -> Path:
 
 def main(argv=None) -> Path:
     args = _common.parse_args(argv, __doc__.splitlines()[0])
-    return run(Config.quick() if args.quick else Config(), args.results)
+    with _common.executor_from_args(args) as executor:
+        return run(Config.quick() if args.quick else Config(), args.results, executor=executor)
 
 
 if __name__ == "__main__":

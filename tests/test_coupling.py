@@ -174,5 +174,5 @@ def test_coupled_solver_check_and_resume(quad, x0, tmp_path):
     loaded = wem.WeakErrorStudy.load(tmp_path)
     pd.testing.assert_frame_equal(loaded.table, study.table, check_exact=True)
     assert "coupled" in repr(loaded) and "coupled" in loaded.summary()
-    with pytest.raises(ValueError, match=r"differs in \['coupling', "):
+    with pytest.raises(ValueError, match=r"differs in \['coupling', "), pytest.warns(UserWarning, match="ignores n_paths"):
         wem.weak_error(quad, ss.USAM(0.1), results_dir=tmp_path, **(kw | dict(coupling=False)))

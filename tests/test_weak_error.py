@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -338,3 +339,77 @@ def test_teacher_student_first_order_models_have_order_one(method):
     fit = study.order("grad_norm_plus_x_norm")  # raises if a point is under the Monte-Carlo floor
     assert fit.ci_low <= 1.0 <= fit.ci_high, (fit, fit.points)
     assert abs(fit.slope - 1) < 0.25, fit
+
+
+# -- momentum (MATH §3.5): exact moments of the 2d linear system, and the momentum SDE ------------------------
+@pytest.mark.parametrize("nesterov", [False, True], ids=["heavy-ball", "nesterov"])
+@pytest.mark.parametrize("rho", [0.0, 0.2], ids=["SGD", "USAM"])
+def test_momentum_exact_local_slopes_tend_to_one(rho, nesterov):
+    """Discrete SGD/USAM with momentum 0.5 against the OU model with A/(1-β), F/(1-β): the buffer's initial
+    layer makes the pre-asymptotic slope small, but the local slopes rise monotonically towards 1."""
+    prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=1.0)
+    method = ss.SGD(0.1, momentum=0.5, nesterov=nesterov) if rho == 0 else ss.USAM(0.1, rho=rho, momentum=0.5,
+                                                                                     nesterov=nesterov)
+    study = weak_error(prob, method, lrs=[0.04, 0.02, 0.01, 0.005, 0.0025, 0.00125], horizon=1.0,
+                       x0=torch.ones(2, dtype=F64), test_functions=["loss", "x_norm_sq"])
+    assert study.mode == "exact"
+    for tf in ("loss", "x_norm_sq"):
+        local = study.order(tf).local_slopes["slope"].to_numpy()
+        assert np.all(np.diff(local) > 0) and 0.9 < local[-1] < 1.0, local
+
+
+def test_momentum_exact_discrete_moments_match_simulation():
+    """The 2d recursion of heavy ball (x, u) against heavy-ball paths stepped with the method's own update
+    (the coupled runner's discrete side), within 4 SE at every time."""
+    prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 4.0], dtype=F64)), noise_cov=0.5)
+    x0 = torch.full((2,), 0.5, dtype=F64)
+    method = ss.USAM(0.1, rho=0.2, momentum=0.7)
+    kw = dict(lrs=[0.05], horizon=0.5, x0=x0, test_functions=["loss", "x_norm_sq"], record_every=1,
+              solver_check=False)
+    ex = weak_error(prob, method, **kw)
+    mc = weak_error(prob, method, coupling=True, n_paths=8192, **kw)
+    later = ex.table["time"] > 0
+    z = (mc.table["discrete_mean"] - ex.table["discrete_mean"]) / mc.table["discrete_se"]
+    assert z[later].abs().max() < 4
+
+
+# -- usability ----------------------------------------------------------------------------------------------
+def test_exact_mode_says_it_ignores_n_paths(quad, x0):
+    with pytest.warns(UserWarning, match="ignores n_paths=5000"):
+        study = exact_study(quad, x0, lrs=[0.1, 0.05], horizon=0.5, n_paths=5000)
+    assert "n_paths not used" in study.summary()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default n_paths does not warn
+        exact_study(quad, x0, lrs=[0.1, 0.05], horizon=0.5)
+
+
+def test_single_lr_says_a_slope_needs_two_up_front(quad, x0):
+    with pytest.warns(UserWarning, match=r"lrs=\[0.1\]: a slope needs at least two"):
+        study = exact_study(quad, x0, lrs=[0.1], horizon=0.5)
+    assert len(study.max_gaps()) == 2 and "a slope needs at least two" in study.summary()
+    assert "fit:" not in study.summary()
+
+
+def test_repr_is_concise(quad, x0):
+    study = exact_study(quad, x0, lrs=[0.1, 0.05], horizon=0.5, sde_order=[0, 1])
+    text = repr(study)
+    assert text.startswith("WeakErrorStudy(USAM, exact, lrs=[0.1, 0.05]") and "\n" not in text and len(text) < 200
+    assert "discrete_mean" not in text
+
+
+def test_figure_legend_outside_one_floor_entry_and_title(quad, x0, tmp_path):
+    study = weak_error(quad, ss.USAM(0.1, rho=0.1), lrs=[0.1, 0.05, 0.025], horizon=0.3, x0=x0, n_paths=64,
+                       mode="monte_carlo", sde_order=[0, 1], test_functions=["loss"], solver_check=False,
+                       rho=lambda lr: 0.5 * lr**0.5)
+    assert study.max_gaps()["under_floor"].sum() >= 2  # several points, two models, under the floor
+    fig = study.plot()
+    fig.savefig(tmp_path / "f.png")
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels.count("below MC floor") == 1
+    # The legend lies outside the data area (below the axes).
+    renderer = fig._get_renderer()
+    assert legend.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0 + 1
+    title = fig._suptitle.get_text()
+    assert "USAM" in title and "Quadratic" in title and r"$\rho = 0.5\,\eta^{0.5}$" in title

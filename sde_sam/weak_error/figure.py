@@ -9,6 +9,10 @@ import numpy as np
 from .estimators import MonteCarloFloorError
 
 
+PHI_LABELS = {"loss": r"$f(x)$", "x_norm_sq": r"$\|x\|^2$", "grad_norm_plus_x_norm": r"$\|\nabla f(x)\| + \|x\|$",
+              "grad_norm": r"$\|\nabla f(x)\|$", "x_norm": r"$\|x\|$", "lambda_max": r"$\lambda_{\max}(\nabla^2 f(x))$"}
+
+
 def _mathtext(spec: str) -> str:
     """``"rho = 0.5·lr^0.5"`` -> ``"$\\rho = 0.5\\,\\eta^{0.5}$"`` (mathtext, not text carets)."""
     body = spec.replace("·", r"\,").replace("rho", r"\rho").replace("lr", r"\eta")
@@ -84,7 +88,7 @@ def plot_study(study, test_fns: Sequence[str]):
         ylabel = (r"$|\mathrm{E}\,\phi(x_k) - \mathrm{E}\,\phi(X_{k\eta})|$ at the chosen $k$" if study.mode != "exact"
                   else r"$\max_k\,|\mathrm{E}\,\phi(x_k) - \mathrm{E}\,\phi(X_{k\eta})|$")
         ax.set(xscale="log", yscale="log", xlabel=r"learning rate $\eta$", ylabel=ylabel,
-               title=rf"$\phi$ = {tf.replace('_', ' ')}")
+               title=r"$\phi(x)$ = " + PHI_LABELS.get(tf, tf.replace("_", " ")))
         ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(sub["lr"].unique())))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

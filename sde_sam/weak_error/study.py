@@ -175,8 +175,10 @@ class WeakErrorStudy:
             for _, r in pts[pts["test_function"] == tf].iterrows():
                 se = "(exact)" if self.mode == "exact" else f"± {r['gap_se']:.1e}"
                 flag = "  [below MC floor]" if r["under_floor"] else ""
+                side = "" if r["direction"] == 0 else (", discrete above SDE" if r["direction"] > 0
+                                                       else ", discrete below SDE")
                 lines.append(f"  lr={r['lr']:<8.4g} rho={r['rho']:<8.4g} {r['model']:<8} "
-                             f"max gap {r['direction'] * r['gap']:+.4e} {se} at t={r['time']:.3g}{flag}")
+                             f"max gap {r['gap']:.4e} {se} at t={r['time']:.3g}{side}{flag}")
             if len(self.lrs) < 2:
                 continue
             for m in self.models:

@@ -1,4 +1,5 @@
-"""The docs site: it builds in strict mode (no broken link, anchor or reference), and every example runs.
+"""The docs site: it builds in strict mode (no broken link, anchor or reference), and every example in it
+and in the README runs.
 
 Each page's ```python blocks run in order in one fresh interpreter (a page is one script), from a temporary
 working directory so that nothing is written into the checkout. A block preceded by ``<!-- skip -->``
@@ -32,7 +33,7 @@ def python_blocks(text: str) -> list[str]:
     return blocks
 
 
-PAGES = sorted(p for p in DOCS.rglob("*.md") if python_blocks(p.read_text()))
+PAGES = sorted(p for p in [*DOCS.rglob("*.md"), ROOT / "README.md"] if python_blocks(p.read_text()))
 
 
 def test_python_blocks_extraction():
@@ -51,7 +52,7 @@ def test_docs_build_strict(tmp_path):
     assert (tmp_path / "site" / "figures" / "weak_error.png").exists()  # served from paper_figs/
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_examples_run(page, tmp_path):
     script = "\n\n".join(python_blocks(page.read_text()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}

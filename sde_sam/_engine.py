@@ -6,10 +6,19 @@ steps at once, one task per 1024-path random stream, on a small pool of single-t
 generator is serial, so this is what lets random-number generation use every core), and copied into one
 buffer that is reused from block to block (``torch.cat`` along the path axis is several times slower than
 slice copies, and a fresh buffer of this size pays a page fault per 4 KiB). Each stream makes exactly the
-calls it made before, so the numbers, hence results, are unchanged and independent of the chunk size. The
-per-step loop does only what a step asks for: steps without a norm guard return ``None`` instead of a mask;
-the divergence check at a recording is one row sum (exact tests only on the rows it flags) and skips the
-norm when ``max_norm`` is infinite.
+calls it made before, so the numbers, hence results, are unchanged and independent of the chunk size.
+
+No host synchronisation inside the step loop (:func:`_advance`; a test patches the synchronising calls to
+fail): guard firings are counted per path on the device, and a recording writes the row sums ``x @ 1``
+(non-finite iff the state is), the norms (only when ``max_norm`` is finite) and the observables into one
+preallocated device buffer. Once per block of steps the buffer is copied to the host, where divergence is
+decided (a non-finite row sum, a norm above ``max_norm`` or a non-finite observable, in that order of
+reasons) and the values of diverged paths are set to NaN from the recording where they were first seen on.
+A diverged path keeps being stepped (masking it would cost a pass over the state at every recording) and is
+set to NaN in ``x_final``; its guard firings count up to that recording, as before.
+
+Given draws (``draws=``) replace the generated ones block by block; ``keep_draws=True`` copies the draws
+used to the host once per block.
 """
 from __future__ import annotations
 
@@ -127,7 +136,7 @@ def _draw(noise: streams.PathStreams, a: int, b: int, n_steps: int, sampler: str
 
 class _Records:
     """One chunk's recordings: written into a preallocated device buffer inside the step loop (no host
-    synchronisation), copied to the host and checked for divergence once per block of steps (:meth:`flush`).
+    synchronisation), checked for divergence and copied to the host once per block of steps (:meth:`flush`).
 
     Buffer channels per recording: 0 the row sums ``x @ 1`` (non-finite iff the state is non-finite, or so
     large that its coordinates' sum overflows), then the norms ``||x||`` when ``max_norm`` is finite, then one
@@ -147,12 +156,14 @@ class _Records:
         self.guard_acc = torch.zeros(m, dtype=torch.int32, device=device)  # norm-guard firings per path so far
         self.guarded = False
         self.rows: list[int] = []  # recording slot of each buffer row in use
-        # Host-side per-path bookkeeping.
-        self.first = torch.full((m,), -1, dtype=torch.long)  # slot at which the path was seen diverged
-        self.reason = torch.zeros(m, dtype=torch.long)  # channel index + 1 (0: not diverged)
-        self.guard_at = torch.zeros(m, dtype=torch.long)  # guard firings up to that slot
+        # Per path, on the device: the slot at which it was seen diverged (-1: never), why (channel + 1), and
+        # its guard firings up to then.
+        self.first = torch.full((m,), -1, dtype=torch.long, device=device)
+        self.reason = torch.zeros(m, dtype=torch.long, device=device)
+        self.guard_at = torch.zeros(m, dtype=torch.int32, device=device)
+        self.dead = torch.zeros(0, dtype=torch.long, device=device)  # indices of the diverged paths
 
-    # -- inside the step loop: device work only ---------------------------------------------------------
+    # -- inside the step loop -----------------------------------------------------------------------------
     def count(self, fired: Tensor) -> None:
         self.guard_acc.add_(fired)
         self.guarded = True
@@ -171,45 +182,52 @@ class _Records:
         if self.guarded:
             self.guard_buf[j].copy_(self.guard_acc)
 
-    # -- between blocks: one copy to the host --------------------------------------------------------------
+    # -- between blocks (one host synchronisation per block) ------------------------------------------------
     def flush(self, values: list[Tensor], a: int, b: int) -> None:
-        """Check the recordings held since the last flush and write them into ``values[i][:, a:b]`` (host)."""
+        """Check the recordings held since the last flush and write them into ``values[i][:, a:b]`` (host).
+
+        One pass finds the suspect paths (a non-finite sum over all their recordings, or a norm above
+        ``max_norm``); only those are checked exactly (``isfinite`` over the whole buffer costs ~15x more).
+        """
         if not self.rows:
             return
         r, s0 = len(self.rows), self.rows[0]
-        buf = self.buf[:r].cpu()
-        guard = self.guard_buf[:r].cpu() if self.guarded else None
-        ok = torch.isfinite(buf)
+        buf = self.buf[:r]
+        suspect = ~torch.isfinite(buf.sum(dim=(0, 1)))
         if self.check_norm:
-            ok[:, 1] &= buf[:, 1] <= self.max_norm
-        ok_all = ok.all(dim=1)  # (r, m)
-        newly = (self.first < 0) & ~ok_all.all(dim=0)
-        if bool(newly.any()):  # host tensors: no device synchronisation
-            cols = newly.nonzero().squeeze(-1)
-            at = (~ok_all[:, cols]).byte().argmax(dim=0)  # first bad row of each newly diverged path
+            suspect |= buf[:, 1].amax(dim=0) > self.max_norm
+        cols = (suspect & (self.first < 0)).nonzero().squeeze(-1)
+        if cols.numel():
+            sub = buf[:, :, cols]
+            ok = torch.isfinite(sub)
+            if self.check_norm:
+                ok[:, 1] &= sub[:, 1] <= self.max_norm
+            bad = ~ok.all(dim=1)  # (r, k)
+            hit = bad.any(dim=0)  # False where only the sum overflowed
+            cols, bad, ok = cols[hit], bad[:, hit], ok[:, :, hit]
+            at = bad.byte().argmax(dim=0)  # first bad recording of each newly diverged path
             self.first[cols] = s0 + at
-            self.reason[cols] = (~ok[at, :, cols]).byte().argmax(dim=-1) + 1
-            if guard is not None:
-                self.guard_at[cols] = guard[at, cols].long()
-        slots = torch.arange(s0, s0 + r)
-        dead = None
-        if bool((self.first >= 0).any()):
-            dead = (slots.unsqueeze(1) >= self.first) & (self.first >= 0)
+            self.reason[cols] = (~ok[at, :, torch.arange(len(cols), device=at.device)]).byte().argmax(dim=-1) + 1
+            if self.guarded:
+                self.guard_at[cols] = self.guard_buf[at, cols]
+            self.dead = torch.cat([self.dead, cols])
+        kept = buf[:, self.first_obs:]
+        if self.dead.numel():  # NaN from the recording where a path was first seen diverged on
+            slots = torch.arange(s0, s0 + r, device=buf.device).unsqueeze(1)
+            gone = kept[:, :, self.dead]
+            kept[:, :, self.dead] = gone.masked_fill((slots >= self.first[self.dead]).unsqueeze(1), math.nan)
+        kept = kept.cpu()  # the one copy per block
         for i, out in enumerate(values):
-            src = buf[:, self.first_obs + i]
-            out[s0:s0 + r, a:b] = src if dead is None else src.masked_fill(dead, math.nan)
+            out[s0:s0 + r, a:b] = kept[:, i]
         self.rows.clear()
 
-    def finish(self) -> tuple[Tensor, int]:
-        """``(alive (m,) bool, guard firings)`` at the end of the chunk (guard firings of a diverged path
-        count up to the recording at which it was seen diverged)."""
+    def finish(self, observables: dict[str, Observable]) -> tuple[Tensor, int, Tensor, list[str]]:
+        """At the end of the chunk, on the host: ``alive (m,)``, guard firings (those of a diverged path count
+        up to the recording at which it was seen diverged), first slots ``(m,)`` and reasons."""
         alive = self.first < 0
-        total = self.guard_acc.cpu().long() if self.guarded else torch.zeros_like(self.guard_at)
-        return alive, int(torch.where(alive, total, self.guard_at).sum())
-
-    def reasons(self, observables: dict[str, Observable]) -> list[str]:
+        fired = torch.where(alive, self.guard_acc, self.guard_at).sum() if self.guarded else torch.zeros(())
         names = ["", "state"] + (["max_norm"] if self.check_norm else []) + [f"observable:{n}" for n in observables]
-        return [names[c] for c in self.reason.tolist()]
+        return alive.cpu(), int(fired), self.first.cpu(), [names[c] for c in self.reason.tolist()]
 
 
 def _advance(x: Tensor, state, per_step, k_first: int, step: Step, records: _Records, slot: dict[int, int]):
@@ -304,13 +322,12 @@ def drive(x_all: Tensor, *, steps: int, record_every: int, observables: dict[str
             del blk, per_step  # free the block before the next one is generated
             records.flush(values, a, b)
             bar.update(todo)
-        alive, fired = records.finish()
+        alive, fired, first_seen[a:b], why = records.finish(observables)
         guard += fired
+        reasons += why
         x_final[a:b] = x.detach().cpu()
         x_final[a:b][~alive] = math.nan
         diverged[a:b] = ~alive
-        first_seen[a:b] = records.first
-        reasons += records.reasons(observables)
     bar.close()
     times = torch.tensor(ks, dtype=torch.float64) * dt
     diverged_at = torch.where(diverged, times[first_seen.clamp_min(0)], math.nan)

@@ -41,6 +41,7 @@ import pickle
 import sys
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
@@ -221,9 +222,14 @@ def _load_cell(results_dir: Path, key: str, spec: dict):
     path = _cell_path(results_dir, key)
     if not path.exists():
         return None
-    with open(path, "rb") as fh:
-        saved = pickle.load(fh)
-    if _canonical(saved.get("spec", {})) != _canonical(spec):
+    try:
+        with open(path, "rb") as fh:
+            saved = pickle.load(fh)
+    except (EOFError, pickle.UnpicklingError, AttributeError, ImportError) as err:  # unreadable: compute again
+        warnings.warn(f"cell file {path} could not be read ({type(err).__name__}: {err}); recomputing the cell",
+                      stacklevel=3)
+        return None
+    if not isinstance(saved, dict) or _canonical(saved.get("spec", {})) != _canonical(spec):
         return None
     return saved["table"]
 
@@ -277,14 +283,15 @@ def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any
             if table is not None:
                 tables[key] = table
     missing = [(key, spec) for key, spec in zip(keys, specs) if key not in tables]
+    spec_of = dict(missing)
 
     def on_result(key, table):
         if not isinstance(table, pd.DataFrame):
             raise TypeError(f"`cell_fn` must return a pandas DataFrame, got {type(table).__name__} "
-                            f"for spec {dict(missing)[key]!r}")
+                            f"for spec {spec_of[key]!r}")
         tables[key] = table
         if root is not None:
-            _save_cell(root, key, dict(missing)[key], table)
+            _save_cell(root, key, spec_of[key], table)
 
     if missing:
         try:

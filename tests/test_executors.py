@@ -275,6 +275,16 @@ def test_grid_saves_atomically_and_ignores_foreign_cells(tmp_path):
     assert table["y"].tolist() == [1, 9]
 
 
+def test_unreadable_cell_file_is_recomputed_with_a_warning(tmp_path):
+    specs = [{"x": 1}, {"x": 3}]
+    grid(specs, failing_cell, results_dir=tmp_path)
+    (tmp_path / "cells" / f"{spec_key(specs[0])}.pkl").write_bytes(b"not a pickle")
+    with pytest.warns(UserWarning, match="could not be read.*recomputing the cell"):
+        table = grid(specs, failing_cell, results_dir=tmp_path)
+    assert table["y"].tolist() == [1, 9]
+    assert grid(specs, not_a_frame, results_dir=tmp_path)["y"].tolist() == [1, 9]  # rewritten: loaded now
+
+
 def test_spec_key_is_stable():
     assert spec_key({"a": 1, "b": (0.1, 2)}) == spec_key({"b": [0.1, 2], "a": 1})
     assert spec_key({"a": 0.1}) != spec_key({"a": 0.1000000000000001})

@@ -240,7 +240,8 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
 
     def advance(xc: Tensor, draw, state: StepState, k: int):
         x_next, state = _advance(problem, method, xc, draw, state, eps)
-        return x_next, state, state.guarded
+        # A method without a norm never fires the guard: no mask for the engine to count.
+        return x_next, state, state.guarded if method.normalises else None
 
     info = {"kind": "discrete", **method.describe(), "rho": method.rho, "seed": seed if isinstance(seed, int) else None,
             "problem": repr(problem), "steps": steps}

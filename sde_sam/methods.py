@@ -78,6 +78,8 @@ class Method:
     uses_eigenvector: ClassVar[bool] = False
     #: True when the perturbation needs ``hvp``/``grad_at`` of the same draw (Two-step USAM, Hessian USAM).
     needs_oracle: ClassVar[bool] = False
+    #: True when the perturbation divides by a norm, so the norm guard can fire (SAM, DNSAM, UnifiedSAM, EigenSAM).
+    normalises: ClassVar[bool] = False
 
     def __post_init__(self):
         self._set("lr", _checks.positive("lr", self.lr))
@@ -216,6 +218,7 @@ class SAM(_Radius):
     r"""SAM: :math:`\varepsilon = \rho\, g_\gamma / \|g_\gamma\|` (Foret et al.)."""
 
     name: ClassVar[str] = "SAM"
+    normalises: ClassVar[bool] = True
 
     def perturbation(self, g, *, eps, full_grad=None, v=None, hvp=None, grad_at=None, x=None):
         norm, fired = guarded_norm(g, eps)
@@ -227,6 +230,7 @@ class DNSAM(_Radius):
     r"""Deterministic-normalisation SAM: :math:`\varepsilon = \rho\, g_\gamma / \|\nabla f(x)\|` (Compagnoni et al.)."""
 
     name: ClassVar[str] = "DNSAM"
+    normalises: ClassVar[bool] = True
     uses_full_grad: ClassVar[bool] = True
 
     def perturbation(self, g, *, eps, full_grad=None, v=None, hvp=None, grad_at=None, x=None):
@@ -247,6 +251,7 @@ class UnifiedSAM(_Radius):
 
     lam: float = 0.5
     name: ClassVar[str] = "UnifiedSAM"
+    normalises: ClassVar[bool] = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -280,6 +285,7 @@ class EigenSAM(_Radius):
     power_iters: int = field(default=5, kw_only=True)
     init_power_iters: int = field(default=20, kw_only=True)
     name: ClassVar[str] = "EigenSAM"
+    normalises: ClassVar[bool] = True
     uses_eigenvector: ClassVar[bool] = True
 
     def __post_init__(self):

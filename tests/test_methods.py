@@ -282,3 +282,12 @@ def test_integer_rho_is_accepted(rho, diag_quadratic):
     a = ss.run(diag_quadratic, ss.USAM(0.1, rho), x0, steps=3, n_paths=4)
     b = ss.run(diag_quadratic, ss.USAM(0.1, float(rho)), x0, steps=3, n_paths=4)
     assert torch.equal(a.x_final, b.x_final)
+
+
+def test_normalises_declares_exactly_the_guarded_methods(diag_quadratic):
+    """A method that divides by no norm never fires the guard (run skips its mask); the others can."""
+    assert {m.name for m in METHODS.values() if m.normalises} == {"SAM", "DNSAM", "UnifiedSAM", "EigenSAM"}
+    prob = ss.Quadratic(diag_quadratic.H, noise_cov=0.0)
+    for m in (ss.SGD(0.1), ss.USAM(0.1, 0.05), ss.TwoStepUSAM(0.1, 0.05), ss.HessianUSAM(0.1, 0.05)):
+        traj = ss.run(prob, m, torch.zeros(3, dtype=F64), steps=3, n_paths=2)
+        assert traj.guard_count == 0 and torch.equal(traj.x_final, torch.zeros(2, 3, dtype=F64))

@@ -153,6 +153,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 _EPILOG = """\
+needs the source checkout: experiments/ and paper_figs/ next to the sde_sam package (pip install -e .).
 figures go to DIR/figs (DIR: --results); --figs paper_figs rewrites the committed ones.
 cells: each study's grid cells run on --executor and are kept in DIR/<study>/cells/; a rerun computes only
 the missing cells (--fresh: all). Examples:
@@ -177,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
             setattr(args, name, default)
     if parser is not None:
         check_executor_arguments(parser, args)
+        if not (ROOT / "experiments").is_dir():
+            parser.error(f"the experiment scripts are not here: `reproduce` needs the source checkout "
+                         f"(experiments/ and paper_figs/ next to the sde_sam package; pip install -e .), "
+                         f"looked in {ROOT}")
     elif args.executor is None:
         args.executor = "ray" if args.address else ("process" if args.workers else "serial")
     studies = STUDIES if args.study == "all" else (args.study,)

@@ -179,6 +179,14 @@ def test_reproduce_refuses_bad_executor_flags(argv, message, capsys):
     assert message in err, err
 
 
+def test_reproduce_without_checkout_says_so(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    with pytest.raises(SystemExit) as info:
+        reproduce.main(["normalization", "--quick"])
+    assert info.value.code == 2
+    assert "needs the source checkout" in capsys.readouterr().err
+
+
 def test_reproduce_executor_flags_resolve():
     parser = argparse.ArgumentParser(prog="sde-sam")
     reproduce.add_parser(parser.add_subparsers(dest="command"))

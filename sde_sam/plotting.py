@@ -58,8 +58,18 @@ def figure(nrows: int = 1, ncols: int = 1, *, width: float = 3.4, height: float 
     return fig, axes
 
 
+def visible_length(text: str) -> int:
+    r"""About how many characters ``text`` shows once mathtext is rendered: a ``\command`` counts as one
+    character, and ``$``, braces, ``^`` and ``_`` as none (``$\frac{1}{2}x^2$`` counts 5)."""
+    import re
+
+    text = re.sub(r"\\[A-Za-z]+", "x", text)
+    return len(re.sub(r"[${}^_\\]", "", text))
+
+
 def wrap(text: str, width: int = 140) -> str:
-    """Wrap ``text`` to lines of about ``width`` characters without breaking inside ``$...$`` math."""
+    """Wrap ``text`` to lines of about ``width`` visible characters (:func:`visible_length`) without breaking
+    inside ``$...$`` math."""
     words, merged = text.split(" "), []
     for word in words:
         if merged and merged[-1].count("$") % 2 == 1:  # still inside a math span: keep it whole
@@ -68,7 +78,7 @@ def wrap(text: str, width: int = 140) -> str:
             merged.append(word)
     lines, line = [], ""
     for word in merged:
-        if line and len(line) + 1 + len(word) > width:
+        if line and visible_length(line) + 1 + visible_length(word) > width:
             lines.append(line)
             line = word
         else:
@@ -79,7 +89,7 @@ def wrap(text: str, width: int = 140) -> str:
 def caption(fig, text: str, width: int | None = None) -> None:
     """A caption-length title above the panels, wrapped to ``width`` characters (default: what fits the
     figure's width at the caption's font size), math spans kept whole."""
-    width = width or int(fig.get_figwidth() * 13)
+    width = width or int(fig.get_figwidth() * 15)  # visible characters per inch of figure at fontsize 8.5
     fig.suptitle(wrap(text, width), fontsize=8.5, ha="center")
 
 

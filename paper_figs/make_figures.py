@@ -35,7 +35,8 @@ def fig_saddle_attraction(results: Path, figs: Path) -> list[Path]:
     dist = _read(results, "saddle_attraction", "distance")
     problems = list(dict.fromkeys(dist["problem"]))
     rhos = sorted(dist["rho"].unique())
-    names = {"quadratic": "quadratic saddle", "nonconvex": "non-convex model"}
+    names = {"quadratic": r"quadratic saddle $\frac{1}{2}(x_1^2-x_2^2)$",
+             "nonconvex": r"non-convex $\frac{1}{2}(x_1^2-x_2^2)+\frac{x_2^4}{4s^2}$"}
     fig, axes = pl.figure(len(problems), len(rhos), width=3.6, height=2.7, sharey="row")
     axes = np.asarray(axes).reshape(len(problems), len(rhos))
     for i, prob in enumerate(problems):
@@ -49,19 +50,14 @@ def fig_saddle_attraction(results: Path, figs: Path) -> list[Path]:
             pl.theory_line(ax, y=rho, ls=":", label=r"$\|Hx\|=\rho|\lambda|$: SAM/DNSAM flow attracts below")
             if prob == "nonconvex":
                 pl.theory_line(ax, y=cfg["well"], label=r"the minima, $|x_2|=s$", color="0.55", ls="-.")
-            pl.annotate(ax, rf"USAM flow: $\rho|\lambda|{'>' if rho > 1 else '<'}1$, "
-                            + ("attracted" if rho > 1 else "repelled"), loc="lower right")
             ax.set(yscale="log", xlabel=r"time $t=k\eta$" if i == len(problems) - 1 else None,
                    ylabel=r"distance to saddle $\|x_t\|$" if j == 0 else None,
-                   title=rf"{names.get(prob, prob)}, $\rho={rho:g}$")
+                   title=rf"{names.get(prob, prob)}, $\rho={rho:g}$" + "\n"
+                         + rf"(USAM flow {'attracted' if rho > 1 else 'repelled'}: $\rho|\lambda|{'>' if rho > 1 else '<'}1$)")
     pl.figure_legend(fig, axes)
-    pl.caption(fig, f"Saddle attraction. Quadratic saddle $f=\\frac{{1}}{{2}}(x_1^2-x_2^2)$ (top) and non-convex "
-               f"$f=\\frac{{1}}{{2}}(x_1^2-x_2^2)+x_2^4/(4s^2)$, $s={cfg['well']:g}$ (bottom); gradient noise "
-               f"$\\sigma^2={cfg['noise_cov']:g}$, $\\eta={cfg['lr']:g}$, $x_0={tuple(cfg['x0'])}$. Median distance to "
-               f"the saddle over paths (bands: interquartile range), discrete method (solid) and its order-1 SDE "
-               f"(dashed). SGD always escapes; USAM is held iff $\\rho|\\lambda|>1$; SAM is held near the saddle; "
-               f"DNSAM's noise is amplified by $\\rho/\\|\\nabla f\\|$ near the saddle and its discrete steps probe "
-               f"the quartic far away, so on the non-convex model it escapes more than its SDE predicts.")
+    pl.caption(fig, f"Saddle attraction: median distance to the saddle (bands: interquartile range), discrete "
+               f"(solid) vs order-1 SDE (dashed), $\\sigma^2={cfg['noise_cov']:g}$, $\\eta={cfg['lr']:g}$, "
+               f"$x_0={tuple(cfg['x0'])}$; bottom: minima at $|x_2|=s={cfg['well']:g}$.")
     return [pl.save(fig, figs / "saddle_attraction.png")]
 
 
@@ -72,8 +68,10 @@ def fig_saddle_escape(results: Path, figs: Path) -> list[Path]:
     esc = _read(results, "saddle_attraction", "escape")
     kinds = [k for k in ("discrete", "sde") if k in set(esc["kind"])]
     methods = list(dict.fromkeys(esc["method"]))
-    fig, axes = pl.figure(len(kinds), len(methods), width=3.0, height=2.3, sharex=True)
+    fig, axes = pl.figure(len(kinds), len(methods), width=3.0, height=2.3, sharex=True, sharey=True)
     axes = np.asarray(axes).reshape(len(kinds), len(methods))
+    all_lrs, all_rhos = sorted(esc["lr"].unique()), sorted(esc["rho"].unique())  # one grid for every row
+    lr_edges = pl.log_edges(all_lrs)
     g_x0, g_noise = float(esc["grad_norm_x0"].iloc[0]), float(esc["grad_norm_noise"].iloc[0])
     outline = [patheffects.withStroke(linewidth=1.2, foreground="black")]
     mesh = None
@@ -82,7 +80,12 @@ def fig_saddle_escape(results: Path, figs: Path) -> list[Path]:
             ax = axes[i, j]
             sub = esc[(esc["kind"] == kind) & (esc["method"] == method)]
             grid = sub.pivot_table(index="lr", columns="rho", values="p_escape", dropna=False)
-            mesh = ax.pcolormesh(pl.log_edges(grid.columns), pl.log_edges(grid.index), grid.to_numpy(),
+            grid = grid.reindex(index=all_lrs, columns=all_rhos)
+            for k, lr in enumerate(all_lrs):  # learning rates this row did not simulate: hatched, not blank
+                if lr not in set(sub["lr"]):
+                    ax.axhspan(lr_edges[k], lr_edges[k + 1], facecolor="0.93", edgecolor="0.7", hatch="///", lw=0,
+                               label="not simulated (SDE paths are costlier)")
+            mesh = ax.pcolormesh(pl.log_edges(all_rhos), lr_edges, np.ma.masked_invalid(grid.to_numpy()),
                                  cmap="viridis", vmin=0, vmax=1, shading="flat")
             annotate_cells = grid.shape[1] <= 6  # numbers only where they fit
             for (lr, rho), p in (sub.set_index(["lr", "rho"])["p_escape"].items() if annotate_cells else ()):
@@ -105,12 +108,10 @@ def fig_saddle_escape(results: Path, figs: Path) -> list[Path]:
             ax.grid(False)
     fig.colorbar(mesh, ax=axes, shrink=0.8, label=r"P(escaped): $|x_2(T)|>s/2$")
     pl.figure_legend(fig, axes, ncol=2)
-    pl.caption(fig, f"Escape from the saddle of the non-convex model $f=\\frac{{1}}{{2}}(x_1^2-x_2^2)+x_2^4/(4s^2)$, "
-               f"$s={cfg['well']:g}$ (noise $\\sigma^2={cfg['noise_cov']:g}$, $x_0={tuple(cfg['x0'])}$, horizon "
-               f"$T={cfg['grid_horizon']:g}$; colour: fraction of runs with $|x_2(T)|>s/2$). Lines: the theory's "
-               f"boundaries. USAM is held iff $\\rho|\\lambda|>1$ (the finite horizon moves the measured edge a little "
-               f"left); SAM is held once $\\rho|\\lambda|$ exceeds the typical stochastic gradient norm at the saddle "
-               f"(orange), far below $\\|Hx_0\\|$; DNSAM is never reliably held: its noise is amplified near the saddle.")
+    pl.caption(fig, f"Saddle escape on the non-convex model $f=\\frac{{1}}{{2}}(x_1^2-x_2^2)+x_2^4/(4s^2)$, "
+               f"$s={cfg['well']:g}$: fraction of runs with $|x_2(T)|>s/2$ at $T={cfg['grid_horizon']:g}$ "
+               f"($\\sigma^2={cfg['noise_cov']:g}$, $x_0={tuple(cfg['x0'])}$), discrete methods (top) and their "
+               f"order-1 SDEs (bottom) over the same $(\\rho,\\eta)$ grid; lines: the theory's boundaries.")
     return [pl.save(fig, figs / "saddle_escape.png")]
 
 
@@ -286,6 +287,8 @@ def fig_eigen_sam(results: Path, figs: Path, smooth: int = 5) -> list[Path]:
     axes[1].set(xlabel="step $k$", ylabel=r"sharpness $\lambda_{\max}$", title="sharpness")
     axes[2].set(xlabel="step $k$", ylabel="loss $f(x_k)$", yscale="log", title="training loss")
     late = "\n".join(f"{m}: {summ.loc[m, 'lambda_max']:.3f}" for m in summ.index)
+    lo, hi = al["lambda_max_mean"].min(), al["lambda_max_mean"].max()
+    axes[1].set_ylim(lo - 0.9 * (hi - lo), hi + 0.05 * (hi - lo))  # room for the note below the curves
     pl.annotate(axes[1], f"mean over 2nd half:\n{late}", loc="lower right")
     pl.figure_legend(fig, axes, ncol=3)
     pl.caption(fig, f"Eigen-SAM (Luo et al.): mini-batch (B={cfg['batch_size']}) training of a teacher-student tanh "
@@ -331,12 +334,11 @@ def _slope_range(fits: pd.DataFrame, test_function: str, model: str) -> str:
 
 
 def _floor_note(fits: pd.DataFrame, test_function: str) -> str:
-    f = fits[(fits["test_function"] == test_function) & (fits["fit"] != "wls") & (fits["fit"] != "ols")]
+    f = fits[(fits["test_function"] == test_function) & ~fits["fit"].isin(["wls", "ols", "exact"])]
     if not len(f):
         return ""
     which = ", ".join(f"{r.method} {r.model}" for r in f.itertuples())
-    return (f" Hollow points ({which}): too noisy to resolve with this many paths (the DNSAM SDE's noise "
-            f"factor $\\rho/\\|\\nabla f\\|$ is heavy-tailed), fitted without them.")
+    return f" Hollow points ({which}): under the Monte-Carlo floor, not fitted."
 
 
 # -- 6. weak error ---------------------------------------------------------------------------------------------
@@ -370,7 +372,8 @@ def fig_weak_error(results: Path, figs: Path, test_function: str = "loss") -> li
                 x0 = np.exp(np.log(d["lr"]).mean())
                 y0 = np.exp(f["intercept"]) * x0 ** f["slope"]  # the fitted line through log-mean lr
                 pl.slope_guide(ax, lr, (x0, y0), f["slope"], color=col, label=f"SDE {model}: fitted line")
-                ci = f"[{f['ci_low']:.2f}, {f['ci_high']:.2f}]" if f["n_lrs"] > 2 else "(2 points)"
+                ci = ("(exact)" if f["fit"] == "exact" or not np.isfinite(f["ci_low"])
+                      else f"[{f['ci_low']:.2f}, {f['ci_high']:.2f}]" if f["n_lrs"] > 2 else "(2 points)")
                 notes.append(f"{model}: slope {f['slope']:.2f} {ci}")
             else:
                 notes.append(f"{model}: slope refused (MC floor)")
@@ -388,14 +391,12 @@ def fig_weak_error(results: Path, figs: Path, test_function: str = "loss") -> li
     pl.figure_legend(fig, axes, ncol=3)
     for ax in axes[len(methods):]:
         ax.set_visible(False)
-    pl.caption(fig, f"Weak error of every method against its SDE models on $f=\\frac{{1}}{{2}}x^\\top Hx$, "
-               f"$H=\\mathrm{{diag}}{tuple(cfg['eigenvalues'])}$, noise $\\sigma^2={cfg['noise_cov']:g}$, horizon "
-               f"$T={cfg['horizon']:g}$, $\\rho={cfg['rho_coef']:g}\\sqrt{{\\eta}}$, $\\Delta t=\\eta/{cfg['dt_ratio']}$, "
-               f"{cfg['n_paths']} paths per Monte-Carlo point (bars: 95% CI; SGD and USAM exact; SGD's models coincide at every order). "
-               f"Lines: least-squares fits, slope with 95% CI. The first-order SDEs are weak order 1 (slopes "
-               f"{_slope_range(fits, test_function, 'order 1')}); the SGD SDE misses the $O(\\rho)=O(\\sqrt{{\\eta}})$ "
-               f"drift of the perturbation (slopes {_slope_range(fits, test_function, 'order 0')}, 1/2 asymptotically), "
-               f"as Compagnoni et al. claim." + _floor_note(fits, test_function))
+    pl.caption(fig, f"Weak error of every method against its order-0 and order-1 SDEs on the quadratic "
+               f"$f=\\frac{{1}}{{2}}x^\\top Hx$, $H=\\mathrm{{diag}}{tuple(cfg['eigenvalues'])}$, $\\sigma^2={cfg['noise_cov']:g}$, "
+               f"$\\rho={cfg['rho_coef']:g}\\sqrt{{\\eta}}$, $T={cfg['horizon']:g}$, {cfg['n_paths']} paths per Monte-Carlo "
+               f"point (bars: 95% CI; SGD and USAM exact). First-order SDEs: slopes "
+               f"{_slope_range(fits, test_function, 'order 1')}; the SGD SDE: {_slope_range(fits, test_function, 'order 0')} "
+               f"(½ asymptotically)." + _floor_note(fits, test_function))
     return [pl.save(fig, figs / "weak_error.png")]
 
 

@@ -96,9 +96,11 @@ def plan(problem: Problem, method: Method, *, order, diffusion: str, expectation
         raise ValueError("`expectation='two_draw'` realises a covariance and the 'paper' diffusion is not one "
                          "(MATH §3.3); use diffusion='factor', or expectation='enumerate' or an integer K")
     affine = affine_coefficient(problem, method, order)
-    if problem.additive_gaussian and affine is not None and expectation == "auto":
+    if problem.additive_gaussian and affine is not None and expectation in ("auto", "two_draw"):
         mode = "linear" if isinstance(problem, Quadratic) and affine != "dnsam" else "affine"
-        return Plan(mode, mode, deterministic=problem.noise_sqrt is None, affine=affine)
+        # the closed form; with expectation="two_draw" only the stateless interface keeps it
+        return Plan(mode if expectation == "auto" else "two_draw", mode, deterministic=problem.noise_sqrt is None,
+                    affine=affine)
     batch = problem.batch_size if isinstance(problem, FiniteSum) else 1
     if draws_all is not None and not isinstance(expectation, int):
         base = Plan("enumerate", "enumerate", draws_all=draws_all, deterministic=draws_all.shape[0] == 1)

@@ -59,7 +59,8 @@ class SDEModel:
         stateless_mode: The same for the stateless :meth:`drift`/:meth:`diffusion_factor` (never ``"two_draw"``).
         momentum_scale: :math:`1/(1-\beta)`.
         noise_dim: Dimension ``m`` of the Brownian motion of :meth:`diffusion_factor` (``d`` for ``"paper"``).
-        linear: ``(A, F)`` when the model is linear, :math:`dX = -AX\,dt + F\,dW` with constant ``F: (d, m)``; else ``None``.
+        linear: ``(A, F)`` when the model is linear, :math:`dX = -AX\,dt + F\,dW` with constant ``F: (d, m)``; else
+            ``None`` (the solver takes its fused path when ``mode == "linear"``).
         deterministic: True when the diffusion vanishes (full-batch methods).
         clip_report: :class:`~sde_sam.diffusion.ClipReport` of the ``paper`` form.
     """
@@ -79,7 +80,7 @@ class SDEModel:
         self.mode, self.stateless_mode = self._plan.mode, self._plan.stateless
         self.deterministic = self._plan.deterministic
         self.n_draws = self._plan.n_draws
-        self.linear = self._linear() if self.mode == "linear" else None
+        self.linear = self._linear() if self.stateless_mode == "linear" else None
 
     def _linear(self) -> tuple[Tensor, Tensor]:
         """``(A, F)`` of the Ornstein–Uhlenbeck model on a quadratic (MATH §3.4, §3.5)."""

@@ -36,7 +36,7 @@ class EulerMaruyama:
     def step(sde: SDEModel, dt: float):
         """A step ``(x, rand, v, k) -> (x_next, v, None)`` for :func:`sde_sam._engine.drive` (no norm guard)."""
         sqrt_dt = math.sqrt(dt)
-        if sde.linear is not None:
+        if sde.mode == "linear":
             A, F = sde.linear
             M = torch.eye(A.shape[0], dtype=A.dtype, device=A.device) - dt * A.T
             Fs = sqrt_dt * F.T

@@ -42,15 +42,15 @@ class Config:
     lr: float = 2.0             # 2/lr = 1.0
     rho_usam: float = 0.3       # USAM edge 0.805
     rho_sam: float = 0.05       # SAM edge ~0.5 at the gradient norms reached
-    steps: int = 2000
-    record_every: int = 10      # lambda_max (20 Lanczos HVPs) at every record
+    steps: int = 3000
+    record_every: int = 20      # lambda_max (20 Lanczos HVPs) at every record
     late_fraction: float = 0.4  # the summary averages the last 40% of the run
     methods: tuple = ("GD", "USAM", "SAM")
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(steps=1000, record_every=25)
+        return cls(steps=1500, record_every=30)
 
     @classmethod
     def tiny(cls) -> "Config":

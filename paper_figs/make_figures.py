@@ -484,6 +484,43 @@ _PROBLEM_TITLES = {"hyperbola": r"$f(x,y)=\frac{1}{2}(xy-1)^2$ (minima: $xy=1$)"
                    "factorization": r"$f(U,V)=\frac{1}{2}\|UV^\top-M\|_F^2$, $U,V\in\mathbb{R}^{2\times2}$"}
 
 
+# -- own model: an nn.Module MLP on real digits (experiments/own_model.py) -----------------------------------
+def fig_own_model(results: Path, figs: Path) -> list[Path]:
+    cfg = _config(results, "own_model")
+    tr = _read(results, "own_model", "trajectory")
+    summ = _read(results, "own_model", "summary").set_index("method")
+    methods = list(dict.fromkeys(tr["method"]))
+    fig, (ax, ax_loss) = pl.figure(1, 2, width=3.6, height=3.2)
+    notes = []
+    for method in methods:
+        d, s = tr[tr["method"] == method], summ.loc[method]
+        c = pl.color(method)
+        rho = "" if method == "GD" else f", $\\rho={s['rho']:g}$"
+        ax.plot(d["step"], d["lambda_max"], color=c, label=f"{method}{rho}: " + r"$\lambda_{\max}(\nabla^2 f)$")
+        edge = {"GD": d["gd_edge"], "USAM": d["usam_edge"], "SAM": d["sam_edge"]}[method]
+        edge_label = {"GD": r"GD edge $2/\eta$", "USAM": r"USAM edge: $\eta\lambda(1+\rho\lambda)=2$",
+                      "SAM": r"SAM edge at $\|\nabla f(x_k)\|$"}[method]
+        pl.theory_line(ax, x=d["step"], y=edge, color=c, label=edge_label, lw=1.3)
+        ax_loss.plot(d["step"], d["loss"], color=c, label=method)
+        notes.append(f"{method}: {s['lambda_late_mean']:.3f} vs {s['edge_late_mean']:.3f} ({s['rel_error_pct']:+.1f}%)")
+    late = summ["late_from_step"].min()
+    ax.axvspan(late, tr["step"].max(), color="0.85", alpha=0.5, lw=0, zorder=0)
+    pl.annotate(ax, "shaded: last {:.0f}% of steps\nmean $\\lambda_{{\\max}}$ vs edge:\n".format(
+        100 * cfg["late_fraction"]) + "\n".join(notes), loc="upper right")
+    ax.set(xlabel="step $k$", ylabel=r"sharpness $\lambda_{\max}$",
+           title=f"sharpness and stability edges ($\\eta={cfg['lr']:g}$)")
+    ax.set_ylim(0, 2.3 * float(tr["gd_edge"].iloc[0]))  # room for the note above the curves
+    ax_loss.set(yscale="log", xlabel="step $k$", ylabel="training loss $f(x_k)$", title="loss (full batch)")
+    ax_loss.legend(loc="upper right", fontsize=7)
+    pl.figure_legend(fig, [ax], ncol=3)
+    d_params = 65 * cfg["hidden"] + 10 * (cfg["hidden"] + 1)
+    pl.caption(fig, f"Your own model: a torch.nn tanh MLP (64-{cfg['hidden']}-10, d = {d_params:,}) on {cfg['n']} "
+               "scikit-learn digits with squared loss, through ss.Objective.from_module; full-batch GD, USAM and SAM "
+               "from a scaled-down init. Each sharpness (Lanczos on exact HVPs) rises to its method's edge and stays "
+               "there: GD at $2/\\eta$, USAM at $\\lambda^\\star$, SAM on the gradient-norm-dependent SAM edge.")
+    return [pl.save(fig, figs / "own_model.png")]
+
+
 def _rect(pos: float, edge: float, color):
     from matplotlib.patches import Rectangle
     return Rectangle((pos - 0.4, 0), 0.8, edge, color=color, alpha=0.18, lw=0, zorder=0)
@@ -497,6 +534,7 @@ FIGURES: dict[str, list[Callable[[Path, Path], list[Path]]]] = {
     "eigen_sam": [fig_eigen_sam, fig_sde_orders],
     "weak_error_all": [fig_weak_error],
     "eigenvalue_filters": [fig_eigenvalue_filters],
+    "own_model": [fig_own_model],
 }
 """Study -> the functions drawing its figures."""
 

@@ -34,7 +34,7 @@ from types import ModuleType
 from typing import Any, Iterator
 
 STUDIES = ("saddle_attraction", "edge_of_stability", "sam_quadratic", "normalization", "eigen_sam",
-           "weak_error_all", "eigenvalue_filters")
+           "weak_error_all", "eigenvalue_filters", "own_model")
 """The studies, in the order ``all`` runs them."""
 
 EXECUTORS = ("serial", "process", "ray")

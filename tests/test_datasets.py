@@ -2,6 +2,7 @@
 subsets, the ready-made MLP problems on them, and the digits edge-of-stability study."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -95,3 +96,18 @@ def test_digits_sharpness_settles_at_the_gd_and_usam_edges(tmp_path):
     sam = summary.loc["SAM"]
     assert sam["lambda_late_mean"] < summary.loc["USAM", "lambda_late_mean"]  # SAM sits lowest
     assert abs(sam["rel_error_pct"]) < 10.0
+
+
+def test_own_model_tiny_run_and_figure(tmp_path):
+    om = _own_model()
+    out = om.run(om.Config.tiny(), tmp_path)
+    import pandas as pd
+    tr = pd.read_csv(out / "trajectory.csv")
+    assert set(tr["method"]) == {"GD", "USAM", "SAM"} and not tr["diverged"].any()
+    assert (pd.read_csv(out / "summary.csv")["edge_late_mean"] > 0).all()
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("_own_model_figs", root / "paper_figs" / "make_figures.py")
+    figs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figs)
+    paths = figs.make_figures(tmp_path, tmp_path / "figs", only=["own_model"])
+    assert [p.name for p in paths] == ["own_model.png"] and paths[0].stat().st_size > 10_000

@@ -348,3 +348,44 @@ def test_sam_with_torch_sgd_on_the_module_equals_the_flat_problem(momentum):
     torch.testing.assert_close(x[0], ref, rtol=0, atol=1e-10)
     run = ss.run(prob, method, prob.x_init, steps=10, n_paths=1, seed=0, draws=batches[:, None])
     torch.testing.assert_close(run.x_final[0], ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("loss_fn", [F.mse_loss, F.huber_loss, F.smooth_l1_loss], ids=lambda f: f.__name__)
+def test_squared_and_huber_losses_have_exact_hvps(loss_fn):
+    """torch 2.13's mse_loss / huber_loss fail under forward-over-reverse; from_module writes them out."""
+    model = _module("tanh_mlp")
+    a, t = _digits(12)
+    targets = 2.0 * F.one_hot(t, 10).to(F64)
+    prob = ss.FiniteSum.from_module(model, loss_fn, (a, targets), batch_size=3)
+    gen = torch.Generator().manual_seed(6)
+    x = prob.x_init + 0.3 * torch.randn(2, prob.d, generator=gen, dtype=F64)
+    v = torch.randn(2, prob.d, generator=gen, dtype=F64)
+    for p in range(2):
+        m = _at(model, x[p])
+        params = list(m.parameters())
+        loss = loss_fn(m(a), targets)
+        g = torch.cat([q.reshape(-1) for q in torch.autograd.grad(loss, params, create_graph=True)])
+        hv = torch.cat([q.reshape(-1) for q in torch.autograd.grad(g @ v[p], params)])
+        torch.testing.assert_close(prob.loss(x)[p], loss.detach(), rtol=0, atol=1e-12)
+        torch.testing.assert_close(prob.grad(x)[p], g.detach(), rtol=0, atol=1e-12)
+        torch.testing.assert_close(prob.hvp(x, v)[p], hv, rtol=0, atol=1e-12)
+
+
+# -- the docs example (docs/own_model.md) runs as written ----------------------------------------------------------
+def test_docs_own_model_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "own_model.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert len(code.strip().splitlines()) == 6  # the import and five lines
+    scope: dict = {}
+    exec(compile(code, "docs/own_model.md", "exec"), scope)
+    prob, traj, trained = scope["prob"], scope["traj"], scope["trained"]
+    assert traj.n_diverged == 0 and float(traj.mean("loss")[-1]) < float(traj.mean("loss")[0])
+    inputs = scope["inputs"]
+    assert torch.equal(trained(inputs), prob.to_module(traj.x_final[0])(inputs))
+    # The SDE line of the page, shortened.
+    sde = ss.sde_model(prob, ss.SAM(0.1, 0.05), order=1)
+    sol = ss.simulate(sde, prob.x_init, t1=0.05, dt=0.01, n_paths=4, seed=0)
+    assert sol.x_final.shape == (4, prob.d) and sol.n_diverged == 0

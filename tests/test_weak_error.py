@@ -413,3 +413,32 @@ def test_figure_legend_outside_one_floor_entry_and_title(quad, x0, tmp_path):
     assert legend.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0 + 1
     title = fig._suptitle.get_text()
     assert "USAM" in title and "Quadratic" in title and r"$\rho = 0.5\,\eta^{0.5}$" in title
+
+
+# -- executors (contract 5): the same table from any executor, cells independent ------------------------------
+def _tiny(quad, x0, **kw):
+    return weak_error(quad, ss.USAM(0.1), lrs=[0.1, 0.05], horizon=0.2, x0=x0, n_paths=1024, mode="monte_carlo",
+                      sde_order=[0, 1], rho=0.1, test_functions=["loss", "grad_norm_plus_x_norm"], **kw)
+
+
+def test_thread_pool_gives_the_same_table(quad, x0, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    reference = _tiny(quad, x0)
+    with ThreadPoolExecutor(2) as pool:
+        threaded = _tiny(quad, x0, executor=pool, results_dir=tmp_path)
+    pd.testing.assert_frame_equal(threaded.table, reference.table, check_exact=True)
+    pd.testing.assert_frame_equal(threaded.solver_table, reference.solver_table, check_exact=True)
+    assert len(list((tmp_path / "cells").glob("*.csv"))) == 10 and not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_process_pool_gives_the_same_table(quad, x0):
+    """Cells pickle (problem, method, test functions) and compute from their own seeds in other processes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    reference = _tiny(quad, x0, solver_check=False)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        remote = _tiny(quad, x0, solver_check=False, executor=pool)
+    pd.testing.assert_frame_equal(remote.table, reference.table, check_exact=True)

@@ -29,9 +29,11 @@ class Trajectory:
         draws: The draws the run used, leading dims ``(steps, n_paths)`` (a tensor, or a tuple of tensors as
             the sampler makes them), on the CPU; only with ``keep_draws=True`` (else ``None``). Pass them as
             ``draws=`` to replay the run.
-        diverged_reason: Per path, why it was flagged: ``""`` (not diverged), ``"state"`` (non-finite
-            iterate), ``"max_norm"`` (``||x|| > max_norm``) or ``"observable:<name>"`` (that recorded
-            observable was non-finite while the iterate was finite), at the first recording where it was seen.
+        diverged_reason: Per path, why it was flagged, at the first recording where it was seen: ``""`` (not
+            diverged), ``"state"`` (a non-finite iterate, or one so large that the sum of its coordinates
+            overflows), ``"max_norm"`` (``||x|| > max_norm``) or ``"observable:<name>"`` (that recorded
+            observable was non-finite, e.g. an overflowing loss, while the iterate was not); the first of these
+            in that order. :attr:`divergence_counts` tallies them.
 
     Example:
         >>> traj.mean("loss"), traj.sem("loss")  # doctest: +SKIP
@@ -122,7 +124,8 @@ class Trajectory:
         return cls(**torch.load(Path(path), weights_only=True))
 
     def __repr__(self) -> str:
-        return (f"Trajectory({self.info.get('kind', '?')}, n_paths={self.n_paths}, n_diverged={self.n_diverged}, "
+        why = f" {self.divergence_counts}" if self.n_diverged else ""
+        return (f"Trajectory({self.info.get('kind', '?')}, n_paths={self.n_paths}, n_diverged={self.n_diverged}{why}, "
                 f"records={len(self.times)}, t1={float(self.times[-1]):.4g}, observables={self.observables})")
 
 

@@ -109,6 +109,21 @@ def test_nonlinear_simulate_completes_without_host_synchronisation(strict_loop):
     assert strict_loop and sol.n_diverged == 0
 
 
+# Known synchronisations inside steps or observables owned elsewhere; these turn into passes when removed.
+@pytest.mark.xfail(reason="spectrum.top_eigenpair (the lambda_max observable) asks bool(tensor.any()) in Lanczos",
+                   raises=AssertionError, strict=False)
+def test_lambda_max_recording_without_host_synchronisation(strict_loop):
+    prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=0.01)
+    ss.run(prob, ss.SGD(0.1), torch.ones(2, dtype=F64), steps=3, n_paths=4, observables=("lambda_max",))
+
+
+@pytest.mark.xfail(reason="diffusion.clipped_factor's ClipReport reads int()/float() of tensors at every step",
+                   raises=AssertionError, strict=False)
+def test_paper_diffusion_without_host_synchronisation(strict_loop):
+    sde = ss.sde_model(linear_regression(n=8, d=3, batch_size=2), ss.SAM(0.05, 0.1), order=1, diffusion="paper")
+    ss.simulate(sde, torch.full((3,), 0.3, dtype=F64), t1=0.02, dt=0.005, n_paths=4)
+
+
 # -- divergence: non-finite iterates, max_norm, non-finite observables (issue 14) -------------------------------
 def test_overflowing_loss_of_a_finite_iterate_flags_the_path():
     # float32 SGD at lr = 10 on f = |x|^2/2: x_k ~ 9^k, so the loss overflows (k ~ 20) long before x (k ~ 40).
@@ -116,6 +131,7 @@ def test_overflowing_loss_of_a_finite_iterate_flags_the_path():
     traj = ss.run(prob, ss.SGD(lr=10.0), torch.ones(2), steps=100, n_paths=100)
     assert traj.n_diverged == 100 and set(traj.diverged_reason) == {"observable:loss"}
     assert traj.divergence_counts == {"observable:loss": 100}
+    assert "n_diverged=100 {'observable:loss': 100}" in repr(traj)
     assert bool((traj.diverged_at < 30 * 10.0).all()) and bool(traj.x_final.isnan().all())
     assert bool(traj.mean("loss").isnan().all())  # no path left: no mean, never an inf mean
     # Mixed: the paths that stay (lr = 0.1 start near 0) keep finite statistics.

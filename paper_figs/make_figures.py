@@ -468,15 +468,11 @@ def fig_eigenvalue_filters(results: Path, figs: Path) -> list[Path]:
     n_out = int(summ.loc[summ["study"] == "filter", "n_outside_filter"].sum())
     usam_sad = sad[sad["method"] == "USAM"]["frac_saddle"]
     var_sad = sad[sad["method"] != "USAM"]["frac_saddle"]
-    pl.caption(fig, "Eigenvalue filters at convergence (Bolte, Le & Pauwels 2025), full batch. Left panels: the top Hessian "
-               "eigenvalue at every converged run (dots; count converged/total under each method; runs that diverged are "
-               "counted there, not drawn) against the method's filter $0\\leq a(\\lambda)\\leq B$ (shaded, black line: its "
-               "upper end), $a=\\lambda$, $\\lambda(1+\\rho\\lambda)$, $\\lambda(1+\\rho\\lambda+\\rho^2\\lambda^2)$, "
-               "$\\lambda(1+\\rho\\lambda^2)$; $B=2/\\eta$, $2(1+\\beta)/\\eta$ (heavy ball), $2(1+\\beta)/((1+2\\beta)\\eta)$ "
-               f"(Nesterov). Runs outside their filter: {n_out}. Grey: the sharpness gradient flow would reach from the same "
-               "starts. Right: where runs started near the strict saddle at 0 end: USAM stops at the saddle "
-               f"({100 * usam_sad.min():.0f}-{100 * usam_sad.max():.0f}% of runs), Two-step and Hessian USAM, whose filters "
-               f"exclude negative curvature, never do ({100 * var_sad.max():.0f}%).")
+    pl.caption(fig, "Eigenvalue filters at convergence (Bolte, Le & Pauwels 2025), full batch. Left: top Hessian eigenvalue "
+               "at each converged run (dots; converged/total below, diverged runs counted, not drawn) against its method's "
+               f"filter $0\\leq a(\\lambda)\\leq B$ (shaded; black: its edge); grey: where gradient flow from the same "
+               f"starts lands. Runs outside their filter: {n_out}. Right: from starts near the strict saddle, USAM stops "
+               f"there in {100 * usam_sad.min():.0f}% of runs, Two-step and Hessian USAM in {100 * var_sad.max():.0f}%.")
     return [pl.save(fig, figs / "eigenvalue_filters.png")]
 
 

@@ -219,8 +219,8 @@ def test_reproduce_runs_a_study_and_its_figure(tmp_path):
 def test_reproduce_writes_figures_under_results_by_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     committed = {p: p.stat().st_mtime_ns for p in (ROOT / "paper_figs").glob("*.png")}
-    assert reproduce.main(["normalization", "--quick", "--results", "r", "--workers", "1"]) == 0
+    assert reproduce.main(["normalization", "--quick", "--results", "r"]) == 0
     assert (tmp_path / "r" / "figs" / "normalization.png").exists()
     assert {p: p.stat().st_mtime_ns for p in (ROOT / "paper_figs").glob("*.png")} == committed
     timing = json.loads((tmp_path / "r" / "reproduce_quick_timing.json").read_text())
-    assert timing["executor"] == "process" and timing["workers"] == 1
+    assert timing["executor"] == "serial" and timing["workers"] is None

@@ -51,8 +51,8 @@ def plot_study(study, test_fns: Sequence[str]):
     palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
     fig = matplotlib.figure.Figure(figsize=(4.4 * len(test_fns) + 0.4, 5.6), layout="constrained")
     axes = fig.subplots(1, len(test_fns), squeeze=False)[0]
-    any_floor = False
     for ax, tf in zip(axes, test_fns):
+        any_floor = False
         sub = pts[pts["test_function"] == tf]
         shown = sub[sub["gap"] > 0]
         lr = np.geomspace(sub["lr"].min(), sub["lr"].max(), 50)

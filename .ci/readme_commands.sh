@@ -23,14 +23,17 @@ fi
 
 before="$(git status --porcelain 2>/dev/null || true)"
 total_start=$(date +%s)
+# Wall time, and CPU time (user + sys): on a busy machine the CPU time is what a quiet one would take
+# (single-threaded), up to the threads torch uses.
+TIMEFORMAT="  [%R s wall, %U s user + %S s sys CPU]"
 for cmd in "${commands[@]}"; do
   echo "+ $cmd"
-  start=$(date +%s)
-  if ! bash -c "$cmd"; then
-    echo "readme_commands: FAILED after $(( $(date +%s) - start )) s: $cmd" >&2
+  status=0
+  time bash -c "$cmd" || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "readme_commands: FAILED (exit $status): $cmd" >&2
     exit 1
   fi
-  echo "  [$(( $(date +%s) - start )) s]"
 done
 after="$(git status --porcelain 2>/dev/null || true)"
 if [ "$before" != "$after" ]; then

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ..discrete import effective_grad
 from ..methods import DNSAM, SGD, USAM, Method, UnifiedSAM
 from ..observables import record_times, resolve
 from ..problems.base import Problem
@@ -50,12 +51,10 @@ def coupling_unsupported(problem: Problem, method: Method, sde, *, diffusion: st
 
 
 def _discrete_step(problem: Problem, method: Method, x: Tensor, Z: Tensor, buffer: Tensor | None, eps: float):
-    """One step of the method with the given noise ``Z`` (MATH §2, §2.1), through the problem/method API."""
-    g = problem.stochastic_grad(x, Z)
-    if method.perturbs:
-        full = problem.grad(x) if method.uses_full_grad else None
-        g = problem.stochastic_grad(x + method.perturbation(g, eps=eps, full_grad=full).eps, Z)
-    return method.update(x, g, buffer)
+    """One step of the method with the given noise ``Z`` (MATH §2, §2.1): the effective gradient and the
+    update :func:`sde_sam.run` uses, so the discrete side is the method's own step."""
+    G, _ = effective_grad(problem, method, x, Z, eps=eps)
+    return method.update(x, G, buffer)
 
 
 def coupled_paths(problem: Problem, method: Method, sde, x0: Tensor, *, steps: int, every: int, dt_ratio: int,

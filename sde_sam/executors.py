@@ -54,7 +54,10 @@ class CellErrors(RuntimeError):
     Attributes:
         errors: ``{key: exception}`` for each failed cell, in cell order.
         results: ``{key: result}`` of the cells that finished.
+        specs: ``{key: spec}`` of the failed cells, when known (:func:`grid`).
     """
+
+    SHOWN = 20  # failed cells listed in the message
 
     def __init__(self, errors: dict[Hashable, BaseException], results: dict[Hashable, Any] | None = None,
                  specs: dict[Hashable, Any] | None = None):
@@ -62,7 +65,9 @@ class CellErrors(RuntimeError):
         self.results = dict(results or {})
         self.specs = dict(specs or {})
         lines = [f"  {key!r}" + (f" {self.specs[key]!r}" if key in self.specs else "")
-                 + f": {type(err).__name__}: {err}" for key, err in self.errors.items()]
+                 + f": {type(err).__name__}: {err}" for key, err in list(self.errors.items())[:self.SHOWN]]
+        if len(self.errors) > self.SHOWN:
+            lines.append(f"  ... and {len(self.errors) - self.SHOWN} more (all in `.errors`)")
         n_done = len(self.results)
         super().__init__(f"{len(self.errors)} cell(s) failed ({n_done} finished and kept):\n" + "\n".join(lines))
 

@@ -255,6 +255,12 @@ def test_failed_cell_is_reported_and_others_kept(tmp_path):
         grid(specs, failing_cell, results_dir=tmp_path)
 
 
+def test_many_failures_are_summarised():
+    with pytest.raises(CellErrors, match=r"(?s)30 cell\(s\) failed .*and 10 more \(all in `.errors`\)") as info:
+        run_cells([(i, {"x": 2}) for i in range(30)], failing_cell)
+    assert len(info.value.errors) == 30 and str(info.value).count("bad cell") == 20
+
+
 def test_run_cells_serial_and_pools_agree():
     cells = [(i, i + 0.5) for i in range(7)]
     serial = run_cells(cells, square)

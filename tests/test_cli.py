@@ -83,6 +83,9 @@ def _cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
     (["weak-error", "--paths", "2.5"], "argument --paths: expected an integer, got '2.5'"),
     (["weak-error", "--method", "unifiedsam", "--lam", "2"], "argument --lam: must be in [0, 1], got 2"),
     (["weak-error", "--lrs", "0.1,0.05", "--horizon", "0.07"], "`horizon` must be >= the largest lr"),
+    pytest.param(["weak-error", "--coupling", "--problem", "linear_regression", "--orders", "1"],
+                 "`coupling=True` does not apply", id="coupling-needs-gaussian-noise",
+                 marks=pytest.mark.skipif(not cli._weak_error_accepts("coupling"), reason="no coupling= yet")),
 ])
 def test_errors_are_one_line_messages_with_exit_status_2(argv, message):
     result = _cli(*argv)
@@ -143,3 +146,12 @@ def test_help_texts_complete(capsys):
     assert defaults["mode"] == api["mode"].default
     assert int(defaults["paths"]) == api["n_paths"].default and int(defaults["seed"]) == api["seed"].default
     assert int(defaults["dt_ratio"]) == api["dt_ratio"].default
+
+
+@pytest.mark.skipif(not cli._weak_error_accepts("coupling"), reason="weak_error has no coupling= yet")
+def test_coupling_flag_is_passed_through(tmp_path, capsys):
+    out = tmp_path / "coupled"
+    assert cli.main(["weak-error", "--coupling", "--mode", "monte_carlo", "--lrs", "0.1,0.05", "--horizon", "0.1",
+                     "--paths", "256", "--orders", "1", "--test-functions", "loss", "--no-solver-check",
+                     "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text()).get("coupling") is True

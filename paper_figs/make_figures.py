@@ -143,7 +143,9 @@ def fig_edge_of_stability(results: Path, figs: Path) -> list[Path]:
                     loc="center right" if method == "SAM" else "lower right")
         ax.set(ylabel=r"sharpness $\lambda_{\max}$", title=f"{method} ($\\eta={cfg['lr']:g}$"
                + (f", $\\rho={s['rho']:g}$)" if method != "GD" else ")"))
-        ax.legend(loc="upper left", fontsize=6)
+        lo, hi = min(d["lambda_max"].min(), d["gd_edge"].min()), max(d["lambda_max"].max(), d["gd_edge"].max())
+        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.45 * (hi - lo))  # the legend above the curves
+        ax.legend(loc="upper left", fontsize=6, ncol=1)
         ax = axes[1, j]
         ax.plot(d["step"], d["grad_norm"], color=pl.color(method), label=r"$\|\nabla f(x_k)\|$")
         ax.plot(d["step"], d["loss"], color=pl.color(method), ls=":", label=r"loss $f(x_k)$")

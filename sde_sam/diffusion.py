@@ -13,8 +13,6 @@ r"""Diffusion of the SDE models in two forms (MATH §3.3).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
@@ -42,9 +40,11 @@ def paper_matrix(g: Tensor, G1: Tensor, *, exact: bool, scale: float = 1.0) -> T
     return scale * (gc.transpose(1, 2) @ gc + cross + cross.transpose(1, 2)) / (N if exact else N - 1)
 
 
-@dataclass
 class ClipReport:
     """How often and how much the ``paper`` diffusion matrix had to be clipped to be PSD.
+
+    The counts stay on the tensors' device while a simulation runs (no host synchronisation per step) and
+    are read when an attribute is asked for.
 
     Attributes:
         evaluations: Path-evaluations of the matrix.
@@ -53,10 +53,32 @@ class ClipReport:
         sum_fraction: Sum of clipped-mass fractions (for the mean).
     """
 
-    evaluations: int = 0
-    clipped: int = 0
-    max_fraction: float = 0.0
-    sum_fraction: float = 0.0
+    def __init__(self):
+        self.evaluations = 0
+        self._clipped: Tensor | None = None
+        self._max: Tensor | None = None
+        self._sum: Tensor | None = None
+
+    def add(self, neg: Tensor, frac: Tensor) -> None:
+        """Record one batch: ``neg`` the clipped (negative) eigenvalue mass and ``frac`` its fraction, ``(n,)``."""
+        self.evaluations += neg.shape[0]
+        c, m, s = (neg > 0).sum(), frac.max(), frac.sum()
+        if self._clipped is None:
+            self._clipped, self._max, self._sum = c, m, s
+        else:
+            self._clipped, self._max, self._sum = self._clipped + c, torch.maximum(self._max, m), self._sum + s
+
+    @property
+    def clipped(self) -> int:
+        return 0 if self._clipped is None else int(self._clipped)
+
+    @property
+    def max_fraction(self) -> float:
+        return 0.0 if self._max is None else float(self._max)
+
+    @property
+    def sum_fraction(self) -> float:
+        return 0.0 if self._sum is None else float(self._sum)
 
     @property
     def rate(self) -> float:
@@ -66,6 +88,10 @@ class ClipReport:
     @property
     def mean_fraction(self) -> float:
         return self.sum_fraction / self.evaluations if self.evaluations else 0.0
+
+    def __repr__(self) -> str:
+        return (f"ClipReport(evaluations={self.evaluations}, clipped={self.clipped}, "
+                f"max_fraction={self.max_fraction:.3g}, mean_fraction={self.mean_fraction:.3g})")
 
     def __str__(self) -> str:
         return (f"paper diffusion clipped in {self.clipped}/{self.evaluations} evaluations "
@@ -81,9 +107,5 @@ def clipped_factor(M: Tensor, *, lr: float, report: ClipReport | None = None) ->
     evals, evecs = torch.linalg.eigh(0.5 * (M + M.transpose(1, 2)))
     if report is not None:
         neg = (-evals).clamp_min(0).sum(dim=-1)
-        frac = neg / evals.abs().sum(dim=-1).clamp_min(torch.finfo(M.dtype).tiny)
-        report.evaluations += M.shape[0]
-        report.clipped += int((neg > 0).sum())
-        report.max_fraction = max(report.max_fraction, float(frac.max()))
-        report.sum_fraction += float(frac.sum())
+        report.add(neg, neg / evals.abs().sum(dim=-1).clamp_min(torch.finfo(M.dtype).tiny))
     return math.sqrt(lr) * evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)

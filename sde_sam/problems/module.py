@@ -91,7 +91,7 @@ _COMPOSITES = {F.layer_norm: _layer_norm, F.instance_norm: _instance_norm, F.bat
                F.mse_loss: _mse_loss, F.huber_loss: _huber_loss}
 
 
-class _ExactNorms(TorchFunctionMode):
+class _ExactFormulas(TorchFunctionMode):
     """Route normalisation layers and the squared / Huber losses to their composite formulas."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -154,12 +154,12 @@ class FlatParams:
 
     def forward(self, x1: Tensor, inputs: tuple[Tensor, ...]) -> Tensor:
         """The model's output at flat parameters ``x1: (d,)`` (normalisations written out)."""
-        with _ExactNorms():
+        with _ExactFormulas():
             return functional_call(self.model, (self.unflatten(x1), self.constants), inputs)
 
     def loss(self, loss_fn, x1: Tensor, inputs: tuple[Tensor, ...], targets: Tensor) -> Tensor:
         """``loss_fn(model(inputs), targets)`` at ``x1``, with the composite formulas in the loss as well."""
-        with _ExactNorms():
+        with _ExactFormulas():
             return loss_fn(functional_call(self.model, (self.unflatten(x1), self.constants), inputs), targets)
 
 

@@ -92,9 +92,8 @@ def _start(v0: Tensor, gen: torch.Generator) -> Tensor:
     norm = v0.norm(dim=-1, keepdim=True)
     zero = norm == 0
     v = v0 / torch.where(zero, 1, norm)
-    if bool(zero.any()):
-        v = torch.where(zero, _restart(gen, v0, None)[0], v)
-    return v
+    # Drawn for every path and used where needed: asking the host whether any row is zero would synchronise.
+    return torch.where(zero, _restart(gen, v0, None)[0], v)
 
 
 def _lanczos(hvp: BatchedHVP, v0: Tensor, iters: int, eps: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -125,9 +124,9 @@ def _lanczos(hvp: BatchedHVP, v0: Tensor, iters: int, eps: float, gen: torch.Gen
         broken = beta <= eps * scale
         betas[:, j] = torch.where(broken, 0, beta)
         q = w / torch.where(broken, 1, beta).unsqueeze(-1)
-        if bool(broken.any()):
-            fresh, _ = _restart(gen, q, Q[:, : j + 1])
-            q = torch.where(broken.unsqueeze(-1), fresh, q)
+        # A restart vector for every path, used where the path broke down (no host synchronisation).
+        fresh, _ = _restart(gen, q, Q[:, : j + 1])
+        q = torch.where(broken.unsqueeze(-1), fresh, q)
     empty = Q.norm(dim=-1) < 0.5  # slots left empty after an exhausted restart
     # Gershgorin: every eigenvalue of T is >= -(sum|alpha| + 2 sum|beta|), so -bound is never the top.
     bound = 2 * (alphas.abs().sum(dim=-1) + 2 * betas.abs().sum(dim=-1)) + 1
@@ -160,18 +159,18 @@ def _power(hvp: BatchedHVP, v0: Tensor, iters: int, eps: float, gen: torch.Gener
     ``v0`` (the first run's vector has lost its :math:`v_1` component), and of the two vectors the one with
     the larger Rayleigh quotient is kept: every Rayleigh quotient is :math:`\le\lambda_1`, and a warm start
     that already is the top eigenvector (negative, but not the magnitude-largest) must not be lost.
-    At most ``2 * iters + 2`` HVPs.
+    ``2 * iters + 2`` HVPs (the shifted run is done for every path, so that no host synchronisation is needed).
     """
     start = _start(v0, gen)
     v = _power_run(hvp, start, iters, v0.new_zeros(v0.shape[0]), eps)
     mu = _dot(v, _apply(hvp, v))
     negative = mu < 0
-    if bool(negative.any()):
-        shifted = _power_run(hvp, start, iters, torch.where(negative, mu, 0), eps)
-        mu_shifted = _dot(shifted, _apply(hvp, shifted))
-        better = negative & (mu_shifted > mu)
-        v = torch.where(better.unsqueeze(-1), shifted, v)
-        mu = torch.where(better, mu_shifted, mu)
+    # The shifted run for every path (a path with mu >= 0 keeps its first vector): no host synchronisation.
+    shifted = _power_run(hvp, start, iters, torch.where(negative, mu, 0), eps)
+    mu_shifted = _dot(shifted, _apply(hvp, shifted))
+    better = negative & (mu_shifted > mu)
+    v = torch.where(better.unsqueeze(-1), shifted, v)
+    mu = torch.where(better, mu_shifted, mu)
     return mu, v
 
 
@@ -184,8 +183,9 @@ def top_eigenpair_hvp(hvp: BatchedHVP, v0: Tensor, *, method: str = "lanczos", i
         v0: Start vectors ``(n, d)`` (a warm start: the previous eigenvector); a zero row is replaced by a
             pseudo-random vector.
         method: ``"lanczos"`` (``min(iters, d)`` HVPs, exact once ``iters >= d``) or ``"power"``
-            (``iters + 1`` HVPs, plus ``iters + 1`` more where the spectrum is dominated by a negative
-            eigenvalue; power iteration cannot leave a start that is exactly an eigenvector).
+            (``2 * iters + 2`` HVPs: a plain run and one shifted for spectra dominated by a negative
+            eigenvalue; power iteration cannot leave a start that is exactly an eigenvector). Neither asks
+            the host anything inside its iterations (GPU-friendly).
         iters: Iterations (Krylov dimension for Lanczos, whose basis takes ``n * min(iters, d) * d``
             numbers of memory).
         eps: Relative breakdown / norm-guard threshold; default ``1e-12`` in float64, ``1e-7`` otherwise.
@@ -198,6 +198,11 @@ def top_eigenpair_hvp(hvp: BatchedHVP, v0: Tensor, *, method: str = "lanczos", i
         raise ValueError(f"`v0` must be a floating tensor of shape (n_paths, d), got {getattr(v0, 'shape', v0)!r}")
     if not bool(torch.isfinite(v0).all()):
         raise ValueError("`v0` must be finite, got a tensor with NaN or inf entries")
+    return _top_eigenpair_hvp(hvp, v0, method=method, iters=iters, eps=eps)
+
+
+def _top_eigenpair_hvp(hvp: BatchedHVP, v0: Tensor, *, method: str, iters: int, eps: float | None) -> Eigenpair:
+    """:func:`top_eigenpair_hvp` after the checks that need the host (``v0`` finite): no synchronisation here."""
     if method not in ("lanczos", "power"):
         raise ValueError(f"`method` must be 'lanczos' or 'power', got method={method!r}")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
@@ -252,6 +257,7 @@ def top_eigenpair(problem, x: Tensor, *, method: str = "lanczos", iters: int = 2
     _match_problem(problem, x)
     single = x.ndim == 1
     xb = x.unsqueeze(0) if single else x
+    user_start = v0 is not None
     if v0 is None:
         gen = torch.Generator(device=x.device).manual_seed(seed)
         v0 = torch.randn(xb.shape, generator=gen, dtype=x.dtype, device=x.device)
@@ -261,7 +267,10 @@ def top_eigenpair(problem, x: Tensor, *, method: str = "lanczos", iters: int = 2
             f"got {getattr(v0, 'shape', v0)!r}")
     else:
         v0 = v0.unsqueeze(0) if single else v0
-    pair = top_eigenpair_hvp(lambda v: problem.hvp(xb, v), v0, method=method, iters=iters)
+    if user_start:  # a generated start is finite by construction: checking it would synchronise the host
+        pair = top_eigenpair_hvp(lambda v: problem.hvp(xb, v), v0, method=method, iters=iters)
+    else:
+        pair = _top_eigenpair_hvp(lambda v: problem.hvp(xb, v), v0, method=method, iters=iters, eps=None)
     if single:
         return Eigenpair(pair.value[0], pair.vector[0], pair.rayleigh[0])
     return pair

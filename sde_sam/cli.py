@@ -241,9 +241,9 @@ def build_parser(prog: str = "sde-sam") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="SDE models of SAM: studies from the command line. "
                                      "Documentation: docs/ in the repository (mkdocs serve).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--threads", type=_number(1, integer=True), default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is fastest for small d on a busy "
-                             "machine)")
+    parser.add_argument("--threads", type=_number(1, integer=True), default=1,
+                        help="torch CPU threads (default 1: the studies are many small batched ops, which "
+                             "extra threads only slow down; raise it for large models)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -257,8 +257,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "sde-sam") -> int:
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     with warnings.catch_warnings():  # restores the process's warning display on exit
         warnings.showwarning = functools.partial(_show_warning, parser.prog)
         try:

@@ -109,9 +109,7 @@ def test_nonlinear_simulate_completes_without_host_synchronisation(strict_loop):
     assert strict_loop and sol.n_diverged == 0
 
 
-# A known synchronisation inside an observable owned elsewhere (spectrum.py); passes once it is removed.
-@pytest.mark.xfail(reason="spectrum.top_eigenpair (the lambda_max observable) asks bool(tensor.any()) in Lanczos",
-                   raises=AssertionError, strict=False)
+# The lambda_max observable (spectrum.top_eigenpair) records without synchronising too.
 def test_lambda_max_recording_without_host_synchronisation(strict_loop):
     prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=0.01)
     ss.run(prob, ss.SGD(0.1), torch.ones(2, dtype=F64), steps=3, n_paths=4, observables=("lambda_max",))

@@ -52,6 +52,14 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     return args
 
 
+def study_main(run: Callable, config_cls: type, doc: str, argv: Sequence[str] | None) -> Path:
+    """The ``main(argv)`` every study shares: parse ``--quick``/``--results``/executor flags, then
+    ``run(Config.quick() or Config(), results, executor=...)``."""
+    args = parse_args(argv, doc.splitlines()[0])
+    with executor_from_args(args) as executor:
+        return run(config_cls.quick() if args.quick else config_cls(), args.results, executor=executor)
+
+
 @contextlib.contextmanager
 def executor_from_args(args: argparse.Namespace) -> Iterator[Any]:
     """The executor the parsed flags ask for (``None``: serial), shut down on exit."""

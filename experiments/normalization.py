@@ -98,9 +98,7 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
 
 
 def main(argv=None) -> Path:
-    args = _common.parse_args(argv, __doc__.splitlines()[0])
-    with _common.executor_from_args(args) as executor:
-        return run(Config.quick() if args.quick else Config(), args.results, executor=executor)
+    return _common.study_main(run, Config, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,13 @@ set to NaN in ``x_final``; its guard firings count up to that recording, as befo
 
 Given draws (``draws=``) replace the generated ones block by block; ``keep_draws=True`` copies the draws
 used to the host once per block.
+
+Chunks of any size: a chunk that is not a union of whole 1024-path stream blocks draws the blocks it overlaps
+whole, from fresh generators, and keeps its rows (:class:`streams.RowStreams`): the same numbers per path.
+Recording on a schedule (``record_every="auto"``, :func:`observables.auto_record_every`) bounds what full-batch
+observables cost; stateful observables (the warm-started ``lambda_max``) get a fresh copy per chunk
+(``new_run()``). A progress bar with an ETA appears by default (on a terminal or in a notebook) once the
+work is projected to take more than :data:`PROGRESS_AFTER_S` seconds.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import math
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -34,11 +42,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import streams
-from .observables import Observable, record_times
+from .observables import BatchLoss, Observable, auto_record_every, record_times
 from .results import Trajectory
 
-Step = Callable[[Tensor, Any, Any, int], tuple[Tensor, Any, "Tensor | None"]]
-"""``step(x, draw, state, k) -> (x_next, state, guard_fired)``: ``(n,)`` bool, or ``None`` (no guard)."""
+Step = Callable[[Tensor, Any, Any, int], "tuple[Tensor, Any, Tensor | None] | tuple[Tensor, Any, Tensor | None, Tensor]"]
+r"""``step(x, draw, state, k) -> (x_next, state, guard_fired)`` with ``guard_fired`` an ``(n,)`` bool tensor or
+``None`` (no guard); or ``(x_next, state, guard_fired, batch_loss)`` where ``batch_loss`` is the ``(n,)`` loss
+:math:`f_\gamma(x)` of the draw the step used at the point it started from (what it computed anyway, e.g. the
+value returned with the stochastic gradient): the ``"batch_loss"`` observable records it at no extra cost."""
+
+PROGRESS_AFTER_S = 10.0
+"""Default progress bar: shown once the projected run time exceeds this many seconds."""
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 _POOL_LOCK = threading.Lock()
@@ -146,7 +160,9 @@ class _Records:
 
     def __init__(self, observables: dict[str, Observable], *, cap: int, m: int, dtype: torch.dtype,
                  device: torch.device, max_norm: float):
-        self.fns = list(observables.values())
+        # A fresh copy of each stateful observable per chunk (e.g. lambda_max's warm start).
+        self.fns = [fn.new_run() if hasattr(fn, "new_run") else fn for fn in observables.values()]
+        self.batch = [i for i, fn in enumerate(self.fns) if isinstance(fn, BatchLoss)]  # filled from the step
         self.max_norm = max_norm
         self.check_norm = math.isfinite(max_norm)
         self.first_obs = 2 if self.check_norm else 1
@@ -168,7 +184,7 @@ class _Records:
         self.guard_acc.add_(fired)
         self.guarded = True
 
-    def record(self, x: Tensor, slot: int) -> None:
+    def record(self, x: Tensor, slot: int, batch_loss: Tensor | None = None) -> None:
         j = len(self.rows)
         self.rows.append(slot)
         row = self.buf[j]
@@ -178,7 +194,11 @@ class _Records:
         if self.check_norm:
             torch.linalg.vector_norm(x.detach(), dim=-1, out=row[1])
         for c, fn in enumerate(self.fns, start=self.first_obs):
-            row[c].copy_(fn(x).detach())
+            if isinstance(fn, BatchLoss):
+                # Before the first step there is no draw: 0 here (not flagged), NaN once checked (flush).
+                row[c].copy_(batch_loss.detach()) if batch_loss is not None else row[c].zero_()
+            else:
+                row[c].copy_(fn(x).detach())
         if self.guarded:
             self.guard_buf[j].copy_(self.guard_acc)
 
@@ -217,6 +237,9 @@ class _Records:
             gone = kept[:, :, self.dead]
             kept[:, :, self.dead] = gone.masked_fill((slots >= self.first[self.dead]).unsqueeze(1), math.nan)
         kept = kept.cpu()  # the one copy per block
+        if s0 == 0:
+            for i in self.batch:
+                kept[0, i] = math.nan  # the batch loss is undefined before the first step
         for i, out in enumerate(values):
             out[s0:s0 + r, a:b] = kept[:, i]
         self.rows.clear()
@@ -234,12 +257,16 @@ def _advance(x: Tensor, state, per_step, k_first: int, step: Step, records: _Rec
     """Steps ``k_first, k_first + 1, ...`` over one block's draws. No host synchronisation here: guard
     firings are counted and observables written on the device (tests patch the synchronising calls)."""
     for k, draw in enumerate(per_step, start=k_first):
-        x, state, fired = step(x, draw, state, k - 1)
+        out = step(x, draw, state, k - 1)
+        x, state, fired = out[:3]
         if fired is not None:
             records.count(fired)
         i = slot.get(k)
         if i is not None:
-            records.record(x, i)
+            if records.batch and len(out) < 4:
+                raise ValueError("the 'batch_loss' observable needs a step that reports the loss of its draw "
+                                 "(returns (x_next, state, guard, batch_loss)); this one does not")
+            records.record(x, i, out[3] if len(out) > 3 else None)
     return x, state
 
 
@@ -259,14 +286,49 @@ def _given_draws(draws, layout, as_tuple: bool, steps: int, n: int) -> tuple[Ten
     return parts
 
 
-def drive(x_all: Tensor, *, steps: int, record_every: int, observables: dict[str, Observable], seed: int,
+class _Progress:
+    """A tqdm bar over path-chunk steps: always (``True``), never (``False``) or, by default (``None``), on a
+    terminal or in a notebook once the run is projected to take more than :data:`PROGRESS_AFTER_S` seconds
+    (checked after each block of steps; the bar then starts where the run is, with its ETA)."""
+
+    def __init__(self, total: int, show: bool | None, desc: str):
+        self.total, self.show, self.desc, self.done = total, show, desc, 0
+        self.t0 = time.perf_counter()
+        self.bar = self._open() if show else None
+
+    def _open(self):
+        return tqdm(total=self.total, initial=self.done, desc=self.desc, unit="step", dynamic_ncols=True)
+
+    @staticmethod
+    def _interactive() -> bool:
+        return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.show is None and self.done < self.total:
+            elapsed = time.perf_counter() - self.t0
+            if elapsed * self.total / self.done > PROGRESS_AFTER_S and self._interactive():
+                self.bar = self._open()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def drive(x_all: Tensor, *, steps: int, record_every: "int | str", observables: dict[str, Observable], seed: int,
           chunk_size: int | None, max_norm: float, progress: bool | None, sampler: streams.Sampler,
           step: Step, init: Callable[[Tensor, Tensor], Any], dt: float, info: dict,
-          draws: "Tensor | tuple[Tensor, ...] | None" = None, keep_draws: bool = False) -> Trajectory:
+          draws: "Tensor | tuple[Tensor, ...] | None" = None, keep_draws: bool = False,
+          step_cost: float | None = None) -> Trajectory:
     """Advance every path ``steps`` times and record observables at ``t = k * dt``.
 
     Args:
         x_all: ``(n_paths, d)`` initial states.
+        record_every: Steps between recordings, or ``"auto"``: :func:`observables.auto_record_every` from the
+            observables' costs and ``step_cost``. The interval used is ``info["record_every"]``.
+        chunk_size: Paths per chunk, any positive size (``None``: one chunk); results do not depend on it.
         sampler: Draws one step's randomness for a block of paths (see :class:`streams.PathStreams`).
         init: ``init(x_chunk, gaussian (n, d)) -> state`` for stateful methods (e.g. Eigen-SAM's vector).
         dt: Time per step (``lr`` for discrete runs, the solver step for SDEs).
@@ -275,9 +337,14 @@ def drive(x_all: Tensor, *, steps: int, record_every: int, observables: dict[str
             any device. ``seed`` still sets the initial state of stateful methods.
         keep_draws: Return the draws used as :attr:`Trajectory.draws`, on the CPU. Memory: ``steps * n_paths``
             times the size of one draw (e.g. ``4 * steps * n_paths * d`` bytes for float32 Gaussian noise).
+        step_cost: One step's cost per path in per-sample gradient evaluations (``observables.step_cost``),
+            for ``record_every="auto"``; ``None``: unknown (then every step is recorded).
     """
     n, d = x_all.shape
     device = x_all.device
+    if record_every == "auto":
+        record_every = auto_record_every(observables, step_cost)
+    info = {**info, "record_every": record_every}
     ks = record_times(steps, record_every)
     slot = {k: i for i, k in enumerate(ks)}
     values = [torch.full((len(ks), n), math.nan, dtype=x_all.dtype) for _ in observables]
@@ -293,9 +360,8 @@ def drive(x_all: Tensor, *, steps: int, record_every: int, observables: dict[str
     given = None if draws is None else _given_draws(draws, layout, as_tuple, steps, n)
     kept = tuple(torch.empty(steps, n, *shape, dtype=dtype) for shape, dtype in layout) if keep_draws else None
     block = _steps_per_draw(layout)
-    parts = streams.chunks(n, chunk_size)
-    show = progress if progress is not None else (steps * n >= 10**7 and sys.stderr.isatty())
-    bar = tqdm(total=steps * len(parts), disable=not show, desc=info.get("kind", "run"), unit="step")
+    parts = streams.exact_chunks(n, chunk_size)
+    bar = _Progress(steps * len(parts), progress, info.get("kind", "run"))
 
     width = max(b - a for a, b in parts)
     buffers = (tuple(torch.empty(block, width, *shape, dtype=dtype, device=device) for shape, dtype in layout)
@@ -303,13 +369,17 @@ def drive(x_all: Tensor, *, steps: int, record_every: int, observables: dict[str
     cap = min(len(ks), block + 1)  # recordings between two flushes, at most
     for a, b in parts:
         x = x_all[a:b].clone()
-        state = init(x, init_noise.draw(a, b, 1, gauss)[0])
+        whole = streams.aligned(n, a, b)  # else: the overlapped blocks' streams, drawn whole, rows kept
+        rows = None if whole else streams.RowStreams(seed, n, a, b, device)
+        start = (init_noise.draw(a, b, 1, gauss) if whole
+                 else streams.RowStreams(seed, n, a, b, device, stream=1).draw(1, gauss))
+        state = init(x, start[0])
         records = _Records(observables, cap=cap, m=b - a, dtype=x_all.dtype, device=device, max_norm=max_norm)
         records.record(x, 0)
         for k0 in range(0, steps, block):
             todo = min(block, steps - k0)
             if given is None:
-                blk = _draw(noise, a, b, block, sampler, buffers, as_tuple)
+                blk = _draw(noise, a, b, block, sampler, buffers, as_tuple) if whole else rows.draw(block, sampler)
                 blk = blk if as_tuple else (blk,)
             else:
                 blk = tuple(t[k0:k0 + todo, a:b].to(device) for t in given)

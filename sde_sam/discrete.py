@@ -180,7 +180,7 @@ def step(problem: Problem, method: Method, x: Tensor, draws, *, state: StepState
 
 
 def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: int | None = None,
-        seed: int | torch.Generator = 0, record_every: int = 1,
+        seed: int | torch.Generator = 0, record_every: int | str = "auto",
         observables: Sequence = ("loss",), chunk_size: int | None = None, max_norm: float = math.inf,
         progress: bool | None = None, draws=None, keep_draws: bool = False, v0: Tensor | None = None):
     r"""Run ``n_paths`` independent copies of a discrete method as one batched tensor program.
@@ -197,11 +197,14 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
         steps: Number of steps.
         n_paths: Number of runs (default: ``x0.shape[0]`` or 1).
         seed: Integer seed or ``torch.Generator``.
-        record_every: Record observables every this many steps.
+        record_every: Record observables every this many steps; ``"auto"`` (default): every step where
+            recording is cheap, else as often as keeps the full-batch observables under 10% of the run's cost
+            (:func:`sde_sam.observables.auto_record_every`); the interval used is ``info["record_every"]``.
         observables: Names (``"loss"``, ``"grad_norm"``, ``"x_norm"``, ``"lambda_max"``) or callables.
-        chunk_size: Paths per chunk (rounded to a multiple of 1024), for memory; ``None``: all at once.
+        chunk_size: Paths per chunk, any positive size, for memory; ``None``: all at once.
         max_norm: A path whose ``||x||`` exceeds this is flagged diverged (non-finite paths always are).
-        progress: Show a progress bar (``None``: for long runs on a terminal).
+        progress: Show a progress bar with an ETA (``None``: on a terminal or in a notebook, once the run is
+            projected to take more than 10 s).
         draws: A given draw sequence to replay instead of sampling, leading dims ``(steps, n_paths)``, in the
             problem's format (module docstring).
         keep_draws: Return the draws used as ``Trajectory.draws`` (CPU; memory ``steps * n_paths`` draws:
@@ -218,13 +221,15 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
     """
     _check_problem_method(problem, method)
     _checks.positive_int("steps", steps)
-    _checks.positive_int("record_every", record_every)
+    record_every = obs_mod.check_record_every(record_every)
     if not isinstance(keep_draws, bool):
         raise ValueError(f"`keep_draws` must be True or False, got keep_draws={keep_draws!r}")
     max_norm = _checks.max_norm(max_norm)
     x, n = _checks.problem_state(problem, x0, n_paths=n_paths)
     eps = _eps(problem, method)
     obs = obs_mod.resolve(observables, problem)
+    if record_every == "auto":
+        record_every = obs_mod.auto_record_every(obs, obs_mod.step_cost(problem, method))
     v_given = None if v0 is None else initial_state(problem, method, x, v0=v0).v
     offset = [0]  # the engine initialises chunks in order; v0's rows follow them
 

@@ -56,7 +56,7 @@ class EulerMaruyama:
 
 
 def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | None = None,
-             seed: int | torch.Generator = 0, record_every: int = 1, observables: Sequence = ("loss",),
+             seed: int | torch.Generator = 0, record_every: int | str = "auto", observables: Sequence = ("loss",),
              chunk_size: int | None = None, max_norm: float = math.inf, progress: bool | None = None,
              increments: str = "gaussian", backend: str = "native") -> Trajectory:
     r"""Integrate an SDE model for ``n_paths`` independent paths from ``x0`` to time ``t1``.
@@ -69,11 +69,14 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
             at ``dt = lr`` Euler–Maruyama of the USAM SDE on a Gaussian quadratic *is* discrete USAM in law.
         n_paths: Number of paths.
         seed: Integer seed or ``torch.Generator``; results do not depend on ``chunk_size``.
-        record_every: Record observables every this many solver steps.
+        record_every: Record observables every this many solver steps; ``"auto"`` (default): every step where
+            recording is cheap, else as often as keeps the full-batch observables under 10% of the run's cost
+            (:func:`sde_sam.observables.auto_record_every`); the interval used is ``info["record_every"]``.
         observables: Names (``"loss"``, ``"grad_norm"``, ``"x_norm"``, ``"lambda_max"``) or callables.
-        chunk_size: Paths per chunk (multiple of 1024), for memory.
+        chunk_size: Paths per chunk, any positive size, for memory.
         max_norm: Paths whose norm exceeds this are flagged diverged (non-finite ones always are).
-        progress: Progress bar (``None``: for long runs on a terminal).
+        progress: Progress bar with an ETA (``None``: on a terminal or in a notebook, once the run is
+            projected to take more than 10 s).
         increments: ``"gaussian"`` or ``"two_point"`` (±1, weak order 1).
         backend: ``"native"`` or ``"torchsde"`` (``torchsde.sdeint``, Euler, for cross-checks; one chunk).
 
@@ -94,7 +97,7 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
         raise ValueError(f"`increments` must be one of {INCREMENTS}, got increments={increments!r}")
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {BACKENDS}, got backend={backend!r}")
-    _checks.positive_int("record_every", record_every)
+    record_every = obs_mod.check_record_every(record_every)
     max_norm = _checks.max_norm(max_norm)
     if sde.mode == "two_draw" and dt >= sde.lr:
         raise ValueError(f"the two-draw weak scheme (MATH §4.1) needs dt < lr, got dt={dt}, lr={sde.lr}; use a "
@@ -105,6 +108,8 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
     problem = sde.problem
     x, n = _checks.problem_state(problem, x0, n_paths=n_paths)
     obs = obs_mod.resolve(observables, problem)
+    if record_every == "auto":
+        record_every = obs_mod.auto_record_every(obs, obs_mod.sde_step_cost(sde))
     info = {"kind": "sde", **sde.method.describe(), "rho": sde.method.rho, "model": sde.label,
             "order": sde.order, "diffusion": sde.diffusion, "dt": dt, "increments": increments,
             "seed": seed if isinstance(seed, int) else None, "problem": repr(problem)}

@@ -71,3 +71,60 @@ def chunks(n_paths: int, chunk_size: int | None) -> list[tuple[int, int]]:
         return [(0, n_paths)]
     size = max(BLOCK, chunk_size // BLOCK * BLOCK)
     return [(a, min(a + size, n_paths)) for a in range(0, n_paths, size)]
+
+
+# -- chunks of any size ----------------------------------------------------------------------------------------
+def exact_chunks(n_paths: int, chunk_size: int | None) -> list[tuple[int, int]]:
+    """``(start, stop)`` chunks of exactly ``chunk_size`` paths (the last one shorter), not rounded to blocks.
+
+    A chunk that is not block-aligned gets its numbers from :class:`RowStreams` (the same numbers as
+    :class:`PathStreams`), so results still do not depend on the chunk size.
+    """
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"`chunk_size` must be a positive integer or None, got chunk_size={chunk_size!r}")
+    if chunk_size is None or chunk_size >= n_paths:
+        return [(0, n_paths)]
+    return [(a, min(a + chunk_size, n_paths)) for a in range(0, n_paths, chunk_size)]
+
+
+def aligned(n_paths: int, start: int, stop: int) -> bool:
+    """Whether paths ``start:stop`` are a union of whole random-stream blocks."""
+    return start % BLOCK == 0 and (stop % BLOCK == 0 or stop == n_paths)
+
+
+def block_generator(seed: int, n_paths: int, block: int, device: torch.device, *, stream: int = 0) -> torch.Generator:
+    """A fresh generator in the initial state of block ``block``'s stream of ``PathStreams(seed, n_paths, device,
+    stream=stream)`` (numpy's ``spawn`` gives child ``i`` the spawn key ``(stream, i)``)."""
+    child = np.random.SeedSequence(entropy=seed, spawn_key=(stream, block))
+    g = torch.Generator(device=device)
+    g.manual_seed(int(child.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+    return g
+
+
+class RowStreams:
+    """The streams of paths ``start:stop`` for a chunk that need not be block-aligned.
+
+    Holds fresh generators of the blocks that overlap the rows (in their initial states, whichever chunk used
+    them before), draws every such block whole, exactly as :class:`PathStreams` does, and keeps the rows asked
+    for: the same numbers for every path, at the price of drawing up to two partial blocks in full (for chunks
+    smaller than a block, ``BLOCK / chunk_size`` times the random numbers actually used).
+    """
+
+    def __init__(self, seed: int, n_paths: int, start: int, stop: int, device: torch.device, *, stream: int = 0):
+        self.start, self.stop = start, stop
+        first, last = start // BLOCK, (stop - 1) // BLOCK
+        self.blocks = [(i * BLOCK, min((i + 1) * BLOCK, n_paths)) for i in range(first, last + 1)]
+        self._gens = [block_generator(seed, n_paths, i, device, stream=stream) for i in range(first, last + 1)]
+
+    def draw(self, n_steps: int, sampler: Sampler):
+        """Draws of rows ``start:stop`` for ``n_steps`` steps: ``(n_steps, stop-start, ...)``."""
+        parts = []
+        for (a, b), g in zip(self.blocks, self._gens):
+            whole = sampler((n_steps, b - a), g)
+            lo, hi = max(self.start, a) - a, min(self.stop, b) - a
+            parts.append(tuple(t[:, lo:hi] for t in whole) if isinstance(whole, tuple) else whole[:, lo:hi])
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(p, dim=1) for p in zip(*parts))
+        return torch.cat(parts, dim=1)

@@ -6,7 +6,7 @@ sections as "MATH §N". ``sde-sam --help`` (or ``python -m sde_sam --help``) lis
 """
 from . import executors, problems, theory
 from .discrete import run, step
-from .methods import DNSAM, SAM, SGD, USAM, EigenSAM, HessianUSAM, Method, TwoStepUSAM, UnifiedSAM
+from .methods import ASAM, DNSAM, SAM, SGD, USAM, EigenSAM, HessianUSAM, Method, TwoStepUSAM, UnifiedSAM
 from .problems import FiniteSum, Objective, Problem, Quadratic, saddle
 from .results import Trajectory
 from .sde import SDEModel, sde_model
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "problems", "theory", "executors",
     "Problem", "Objective", "Quadratic", "FiniteSum", "saddle",
-    "Method", "SGD", "USAM", "SAM", "DNSAM", "UnifiedSAM", "EigenSAM", "TwoStepUSAM", "HessianUSAM",
+    "Method", "SGD", "USAM", "SAM", "DNSAM", "UnifiedSAM", "EigenSAM", "TwoStepUSAM", "HessianUSAM", "ASAM",
     "run", "step", "Trajectory", "sde_model", "SDEModel", "simulate", "top_eigenpair", "alignment",
     "weak_error", "WeakErrorStudy", "OrderFit", "MonteCarloFloorError",
 ]

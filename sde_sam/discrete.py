@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _engine, observables as obs_mod, streams
-from .methods import Method, power_iteration
+from .methods import Method, effective_gradient, power_iteration
 from .problems.base import Problem
 
 
@@ -48,30 +49,11 @@ class StepState:
 
 def effective_grad(problem: Problem, method: Method, x: Tensor, draws, *, eps: float,
                    v: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    r"""The effective gradient :math:`G_\gamma(x)=\nabla f_\gamma(x+\varepsilon_\gamma(x))` of every path (MATH §2).
-
-    Args:
-        problem: The objective and noise model.
-        method: The method.
-        x: ``(n, d)`` current states.
-        draws: One draw per path (leading dim ``n``), used at both the current and the perturbed point.
-        eps: Norm guard.
-        v: ``(n, d)`` unit eigenvector estimates (Eigen-SAM only).
-
-    Returns:
-        ``(n, d)`` effective gradients and the ``(n,)`` mask where the norm guard fired.
-    """
-    g = problem.stochastic_grad(x, draws)
-    if not method.perturbs:
-        return g, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    full = problem.grad(x) if method.uses_full_grad else None
-    if method.needs_oracle:
-        pert = method.perturbation(g, eps=eps, full_grad=full, v=v, x=x,
-                                   hvp=lambda u: problem.stochastic_hvp(x, u, draws),
-                                   grad_at=lambda y: problem.stochastic_grad(y, draws))
-    else:
-        pert = method.perturbation(g, eps=eps, full_grad=full, v=v)
-    return problem.stochastic_grad(x + pert.eps, draws), pert.guarded
+    """Deprecated alias of :func:`sde_sam.methods.effective_gradient` (renamed: it collided with
+    ``sde_sam.drift.effective_grads``); removed in the next release."""
+    warnings.warn("sde_sam.discrete.effective_grad is deprecated; use sde_sam.methods.effective_gradient",
+                  DeprecationWarning, stacklevel=2)
+    return effective_gradient(problem, method, x, draws, eps=eps, v=v)
 
 
 def _advance(problem: Problem, method: Method, x: Tensor, draws, state: StepState, eps: float):
@@ -79,7 +61,7 @@ def _advance(problem: Problem, method: Method, x: Tensor, draws, state: StepStat
     v = state.v
     if method.uses_eigenvector and state.k > 0 and state.k % method.refresh_every == 0:
         v = power_iteration(lambda u: problem.stochastic_hvp(x, u, draws), v, method.power_iters, eps)
-    G, fired = effective_grad(problem, method, x, draws, eps=eps, v=v)
+    G, fired = effective_gradient(problem, method, x, draws, eps=eps, v=v)
     x_next, buffer = method.update(x, G, state.momentum)
     return x_next, StepState(momentum=buffer, v=v, k=state.k + 1, guarded=fired)
 
@@ -135,6 +117,7 @@ def _check_problem_method(problem, method) -> None:
     if not isinstance(method, Method):
         raise TypeError(f"`method` must be an sde_sam Method (SGD, USAM, SAM, ...), got {type(method).__name__}")
     method.check_ready()
+    method.check_problem(problem)
 
 
 def step(problem: Problem, method: Method, x: Tensor, draws, *, state: StepState | None = None,

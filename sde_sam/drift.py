@@ -11,12 +11,14 @@ the first-order SDEs of Compagnoni et al. (ICML 2023), ``r = 2`` the third-order
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from .autodiff import taylor_terms
-from .methods import Method
+from .methods import Method, perturb, split
 from .problems.base import Problem
 from .problems.finite_sum import FiniteSum
 
@@ -29,11 +31,17 @@ def check_order(order) -> int | str:
     return order
 
 
-def effective_grads(problem: Problem, method: Method, x: Tensor, draws: Tensor, *, order, eps: float,
+def model_gradients(problem: Problem, method: Method, x: Tensor, draws: Tensor, *, order, eps: float,
                     v: Tensor | None = None, full_grad: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     r"""Per-row :math:`g_\gamma = \nabla f_\gamma(x)`, the drift's :math:`G^{(r)}_\gamma(x)` and the diffusion's :math:`G^{(r')}_\gamma(x)`.
 
-    :math:`r' = \min(r, 1)` for the Taylor models and :math:`r' = r` for ``"exact"`` (MATH §3.1).
+    :math:`r' = \min(r, 1)` for the Taylor models and :math:`r' = r` for ``"exact"`` (MATH §3.1). The
+    perturbation comes from the one oracle wiring (:func:`sde_sam.methods.perturb`), so every method's models
+    of every order follow from its definition: ASAM and multi-step ascent use :math:`\varepsilon` as computed
+    (MATH §3.6), m-SAM averages the truncated effective gradients of its micro-batches,
+    :math:`G^{(r)}_\gamma = \frac1k\sum_j G^{(r)}_{\gamma^{(j)}}` (MATH §2.2, §3.6). Weight decay adds
+    :math:`\lambda x` to the drift's :math:`G^{(r)}` only (exact at every order; the diffusion is unchanged,
+    MATH §3.6).
 
     Args:
         problem: Objective and noise model.
@@ -46,29 +54,38 @@ def effective_grads(problem: Problem, method: Method, x: Tensor, draws: Tensor, 
         full_grad: ``(N, d)`` full-batch gradients (DNSAM), when the caller has them (the two-draw scheme
             computes them once per path for both draws); ``None``: computed here if the method needs them.
 
-    Methods that declare ``needs_oracle`` (Two-step USAM, Hessian USAM) get ``hvp(u) = ∇²f_γ(x) u`` and
-    ``grad_at(y) = ∇f_γ(y)`` for the same draws at the same points, so their models of every order come from
-    this same construction.
-
     Returns:
         ``g``, ``G`` and ``G_noise``, each ``(N, d)``.
     """
-    g = problem.stochastic_grad(x, draws)
+    g, G, G_noise = _model_gradients(problem, method, x, draws, order=order, eps=eps, v=v, full_grad=full_grad)
+    if method.weight_decay != 0.0:
+        G = G.add(x, alpha=method.weight_decay)
+    return g, G, G_noise
+
+
+def _model_gradients(problem, method, x, draws, *, order, eps, v, full_grad):
     if not method.perturbs or order == 0:
+        g = problem.stochastic_grad(x, draws)
         return g, g, g
-    if method.uses_full_grad and full_grad is None:
-        full_grad = problem.grad(x)
-    oracle = {}
-    if method.needs_oracle:  # the same draws at the same points (contract of Method.perturbation)
-        oracle = dict(hvp=lambda u: problem.stochastic_hvp(x, u, draws),
-                      grad_at=lambda y: problem.stochastic_grad(y, draws), x=x)
-    e = method.perturbation(g, eps=eps, full_grad=full_grad, v=v, **oracle).eps
+    r = split(problem, method, x, draws, v=v, full_grad=full_grad)
+    g = problem.stochastic_grad(r.x, r.draws)
+    e = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad).eps
     if order == "exact":
-        G = problem.stochastic_grad(x + e, draws)
-        return g, G, G
-    terms = taylor_terms(problem.stochastic_grad_single, x, e, order, draws)
+        G = r.merge(problem.stochastic_grad(r.x + e, r.draws))
+        return r.merge(g), G, G
+    terms = taylor_terms(problem.stochastic_grad_single, r.x, e, order, r.draws)
     G1 = terms[0] + terms[1]
-    return terms[0], (G1 + terms[2] if order == 2 else G1), G1
+    G = G1 + terms[2] if order == 2 else G1
+    return r.merge(terms[0]), r.merge(G), r.merge(G1)
+
+
+def effective_grads(problem: Problem, method: Method, x: Tensor, draws: Tensor, *, order, eps: float,
+                    v: Tensor | None = None, full_grad: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Deprecated alias of :func:`model_gradients` (renamed: it collided with ``sde_sam.discrete.effective_grad``);
+    removed in the next release."""
+    warnings.warn("sde_sam.drift.effective_grads is deprecated; use sde_sam.drift.model_gradients",
+                  DeprecationWarning, stacklevel=2)
+    return model_gradients(problem, method, x, draws, order=order, eps=eps, v=v, full_grad=full_grad)
 
 
 def usam_minibatch_drift(problem: FiniteSum, x: Tensor, rho: float) -> Tensor:

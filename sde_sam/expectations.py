@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .methods import DNSAM, USAM, Method, UnifiedSAM
+from .methods import Method
 from .problems.base import Problem
 from .problems.finite_sum import FiniteSum
 from .problems.gaussian import Quadratic
@@ -48,16 +48,20 @@ def check_expectation(expectation) -> str | int:
 
 
 def affine_coefficient(problem: Problem, method: Method, order) -> str | None:
-    """How the effective gradient depends on additive noise Z: 'sgd' (Z), 'usam' ((I+ρH)Z), 'dnsam'; else None."""
-    usam_like = isinstance(method, USAM) or (isinstance(method, UnifiedSAM) and method.lam == 0)
+    """How the effective gradient depends on additive noise Z: 'sgd' (Z), 'usam' ((I+ρH)Z), 'dnsam'; else None.
+
+    Read from the method's declaration (:attr:`~sde_sam.methods.Method.affine_noise`); m-SAM's split draws have
+    no affine form (and are refused on Gaussian-noise problems anyway).
+    """
     if not method.perturbs or order == 0:
         return "sgd"
-    if order == 1 and usam_like:
-        return "usam"
-    if order == 1 and isinstance(method, DNSAM):
-        return "dnsam"
-    if isinstance(problem, Quadratic) and usam_like:
-        return "usam"  # on a quadratic every order of USAM is the order-1 model (no third derivative)
+    affine = method.affine_noise
+    if affine is None or method.micro_batches(problem) > 1:
+        return None
+    if order == 1:
+        return affine.kind
+    if isinstance(problem, Quadratic) and affine.every_order_on_quadratics:
+        return affine.kind  # on a quadratic every order of USAM is the order-1 model (no third derivative)
     return None
 
 
@@ -88,10 +92,13 @@ class Plan:
 
 def plan(problem: Problem, method: Method, *, order, diffusion: str, expectation) -> Plan:
     """Choose how the model of ``method`` on ``problem`` forms its expectations (see the module docstring)."""
+    method.check_problem(problem)
     draws_all = problem.enumerate_draws()
+    if expectation == "enumerate" and draws_all is None and isinstance(problem, FiniteSum):
+        draws_all = problem.enumerate_draws(all_batches=True)  # every mini-batch, when n^B is small
     if expectation == "enumerate" and draws_all is None:
-        raise ValueError(f"`expectation='enumerate'` needs a finite noise law (B=1 finite sum or no noise); "
-                         f"{problem!r} has none")
+        raise ValueError(f"`expectation='enumerate'` needs a finite noise law (a finite sum with few mini-batches, "
+                         f"or no noise); {problem!r} has none")
     if expectation == "two_draw" and diffusion == "paper":
         raise ValueError("`expectation='two_draw'` realises a covariance and the 'paper' diffusion is not one "
                          "(MATH §3.3); use diffusion='factor', or expectation='enumerate' or an integer K")
@@ -112,8 +119,9 @@ def plan(problem: Problem, method: Method, *, order, diffusion: str, expectation
         cost = problem.n
     else:
         K = expectation if isinstance(expectation, int) else SAMPLED_DEFAULT
+        # The exact mini-batch USAM drift (MATH §3.2) has no weight decay term: sampled then.
         usam = (not isinstance(expectation, int) and isinstance(problem, FiniteSum) and order == 1
-                and affine_coefficient(problem, method, 1) == "usam")
+                and affine_coefficient(problem, method, 1) == "usam" and method.weight_decay == 0.0)
         base = Plan("sampled", "sampled", n_draws=K, usam_drift=usam)
         cost = K * batch
     two = expectation == "two_draw" or (expectation == "auto" and diffusion == "factor" and not base.deterministic

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import diffusion as diff
 from . import expectations
-from .drift import check_order, effective_grads, usam_minibatch_drift
+from .drift import check_order, model_gradients, usam_minibatch_drift
 from .methods import Method, power_iteration
 from .problems.base import Problem
 
@@ -94,7 +94,10 @@ class SDEModel:
             F = diff.clipped_factor(M[None], lr=self.lr, report=self.clip_report)[0]
         else:
             F = math.sqrt(self.lr) * (eye + c * p.H) @ p.noise_sqrt
-        return s * (p.H + c * p.H @ p.H), s * F
+        A = p.H + c * p.H @ p.H
+        if self.method.weight_decay != 0.0:  # weight decay: drift −λX (MATH §3.6)
+            A = A + self.method.weight_decay * eye
+        return s * A, s * F
 
     @property
     def noise_dim(self) -> int:
@@ -129,7 +132,8 @@ class SDEModel:
 
         def sample(shape, gen):
             if increments == "two_point":
-                zeta = torch.randint(0, 2, (*shape, m), generator=gen, device=p.device).to(p.dtype).mul_(2).sub_(1)
+                from .streams import random_signs  # 64 signs per random 64-bit word (same law as before)
+                zeta = random_signs((*shape, m), gen, dtype=p.dtype, device=p.device)
             else:
                 zeta = torch.randn(*shape, m, generator=gen, dtype=p.dtype, device=p.device)
             draws = p.sample_draws((*shape, k), gen) if k else torch.empty(*shape, 0, device=p.device)
@@ -164,7 +168,7 @@ class SDEModel:
         vr = v.repeat_interleave(N, dim=0) if v is not None else None
         # DNSAM's full-batch gradient: once per path, shared by its draws.
         full = self.problem.grad(x).repeat_interleave(N, dim=0) if self.method.uses_full_grad else None
-        vals = effective_grads(self.problem, self.method, xr, flat, order=self.order, eps=self.eps, v=vr,
+        vals = model_gradients(self.problem, self.method, xr, flat, order=self.order, eps=self.eps, v=vr,
                                full_grad=full)
         return tuple(t.view(n, N, d) for t in vals)
 
@@ -201,6 +205,8 @@ class SDEModel:
             g = p.grad(x)
             c = self._affine_c(x)
             drift = -g if isinstance(c, float) and c == 0.0 else -(g + c * p.hvp(x, g))
+            if self.method.weight_decay != 0.0:  # weight decay: drift −λX at every order (MATH §3.6)
+                drift = drift - self.method.weight_decay * x
             if self.deterministic:
                 return drift, torch.zeros_like(x)
             if self.diffusion == "paper":

@@ -146,12 +146,31 @@ class FiniteSum(Problem):
     def stochastic_hvp(self, x: Tensor, v: Tensor, draws: Tensor) -> Tensor:
         return autodiff.hvp(self._batch_grad, x, v, _index(self.data, draws))
 
-    def enumerate_draws(self) -> Tensor | None:
+    def enumerate_draws(self, *, all_batches: bool = False, max_batches: int = 4096) -> Tensor | None:
+        r"""All draws, equally likely, when there are few; else ``None`` (MATH §3.2).
+
+        ``B = 1``: the ``n`` samples; ``B = n`` without replacement: the one full batch. With
+        ``all_batches=True`` (``expectation="enumerate"``) also every ordered mini-batch when there are at most
+        ``max_batches`` of them (each costs one effective gradient per path): the :math:`n^B` index tuples with
+        replacement, or the :math:`n!/(n-B)!` tuples of distinct indices without — each equally likely under the
+        sampler, and in order, so that m-SAM's micro-batches (MATH §2.2) are enumerated exactly.
+        """
+        import itertools
+        import math
         if self.batch_size == 1:
             return torch.arange(self.n, device=self.device)[:, None]
         if self.batch_size == self.n and not self.replacement:
             return torch.arange(self.n, device=self.device)[None, :]
-        return None
+        if not all_batches:
+            return None
+        n, B = self.n, self.batch_size
+        count = n**B if self.replacement else math.perm(n, B)
+        if count > max_batches:
+            raise ValueError(f"`expectation='enumerate'` would enumerate {count} mini-batches (n={n}, batch_size={B}, "
+                             f"replacement={self.replacement}); at most max_batches={max_batches} are allowed: use the "
+                             "two-draw scheme or sampled draws")
+        tuples = itertools.product(range(n), repeat=B) if self.replacement else itertools.permutations(range(n), B)
+        return torch.tensor(list(tuples), dtype=torch.int64, device=self.device)
 
     def __repr__(self) -> str:
         return (f"FiniteSum(n={self.n}, d={self.d}, batch_size={self.batch_size}, "

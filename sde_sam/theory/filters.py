@@ -116,31 +116,27 @@ def hessian_usam_filter(lr: ArrayLike, rho: ArrayLike, lam: ArrayLike, *, beta: 
 
 # -- a method's filter ---------------------------------------------------------------------------------
 def _coefficients(method) -> list[float]:
-    """Coefficients (highest degree first) of the polynomial :math:`a(\\lambda)` of ``method``."""
-    from ..methods import SGD, USAM, HessianUSAM, TwoStepUSAM, UnifiedSAM
-
-    if isinstance(method, SGD):
-        return [1.0, 0.0]
+    """Coefficients (highest degree first) of the polynomial :math:`a(\\lambda)` of ``method``: its declaration
+    (:meth:`~sde_sam.methods.Method.jacobian_factor`)."""
+    coef = method.jacobian_factor()
+    if coef is not None:
+        return coef
     method.check_ready()
-    rho = method.rho
-    if isinstance(method, USAM) or (isinstance(method, UnifiedSAM) and method.lam == 0.0):
-        return [rho, 1.0, 0.0]
-    if isinstance(method, TwoStepUSAM):
-        return [rho**2, rho, 1.0, 0.0]
-    if isinstance(method, HessianUSAM):
-        return [rho, 0.0, 1.0, 0.0]
-    if rho == 0.0:  # every method is SGD at rho = 0
-        return [1.0, 0.0]
-    raise ValueError(f"`method` must be SGD, USAM (or UnifiedSAM with lam=0), TwoStepUSAM or HessianUSAM: "
-                     f"{method.name}'s normalised perturbation is not differentiable at a critical point, so it "
-                     f"has no eigenvalue filter of this form, got method={method!r}")
+    if method.rho == 0.0:  # every method is SGD at rho = 0 (m-SAM included: no perturbation to split)
+        return [1.0, 0.0] if method.weight_decay == 0.0 else [1.0, method.weight_decay]
+    why = (f"{method.name}'s normalised perturbation is not differentiable at a critical point" if method.normalises
+           else f"the linearisation of {method.name} with these options is not a function of the Hessian's eigenvalue")
+    raise ValueError(f"`method` must be SGD, USAM (or UnifiedSAM with lam=0), TwoStepUSAM or HessianUSAM: {why}, so "
+                     f"it has no eigenvalue filter of this form, got method={method!r}")
 
 
 def jacobian_eigenvalue(method, lam: ArrayLike) -> ArrayLike:
     r"""Eigenvalue :math:`a(\lambda)` of the Jacobian of ``method``'s effective gradient at a critical point.
 
     SGD :math:`\lambda`; USAM :math:`\lambda(1+\rho\lambda)`; Two-step USAM :math:`\lambda(1+\rho\lambda+\rho^2\lambda^2)`;
-    Hessian USAM :math:`\lambda(1+\rho\lambda^2)` (MATH §2.1, §7). Momentum does not change it.
+    Hessian USAM :math:`\lambda(1+\rho\lambda^2)` (MATH §2.1, §7), as each method declares it
+    (:meth:`~sde_sam.methods.Method.jacobian_factor`). Momentum does not change it; weight decay :math:`\lambda_{\rm wd}`
+    adds itself, :math:`a(\lambda)+\lambda_{\rm wd}` (exact on quadratics) [derived].
 
     Raises:
         ValueError: for SAM, DNSAM, Unified SAM with ``lam > 0`` and Eigen-SAM (normalised, not differentiable

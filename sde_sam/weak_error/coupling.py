@@ -24,8 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..discrete import effective_grad
-from ..methods import DNSAM, SGD, USAM, Method, UnifiedSAM
+from ..methods import Method, effective_gradient
 from ..observables import record_times, resolve
 from ..problems.base import Problem
 
@@ -35,7 +34,7 @@ def coupling_unsupported(problem: Problem, method: Method, sde, *, diffusion: st
     if not problem.additive_gaussian:
         return (f"the problem is a {type(problem).__name__}: its gradient noise is not additive Gaussian, so the "
                 "discrete step has no Gaussian draw ξ to share with the SDE")
-    if not (type(method) in (SGD, USAM, DNSAM) or (type(method) is UnifiedSAM and method.lam == 0.0)):
+    if method.affine_noise is None:  # the method's declaration (sde_sam.methods.base.AffineNoise)
         return (f"the method is {method.name}: its effective gradient is not affine in the Gaussian noise (only "
                 "SGD, USAM, DNSAM and Unified SAM with lam=0, with or without momentum, are), so the same ξ "
                 "does not drive its step and its SDE alike (MATH §5.1)")
@@ -53,7 +52,7 @@ def coupling_unsupported(problem: Problem, method: Method, sde, *, diffusion: st
 def _discrete_step(problem: Problem, method: Method, x: Tensor, Z: Tensor, buffer: Tensor | None, eps: float):
     """One step of the method with the given noise ``Z`` (MATH §2, §2.1): the effective gradient and the
     update :func:`sde_sam.run` uses, so the discrete side is the method's own step."""
-    G, _ = effective_grad(problem, method, x, Z, eps=eps)
+    G, _ = effective_gradient(problem, method, x, Z, eps=eps)
     return method.update(x, G, buffer)
 
 

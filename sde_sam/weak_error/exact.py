@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..methods import SGD, USAM, Method, UnifiedSAM
+from ..methods import Method
 from ..observables import record_times
 from ..problems.base import Problem
 from ..problems.gaussian import Quadratic
@@ -25,9 +25,13 @@ def _exact_applicable(problem: Problem, method: Method) -> str | None:
     """``None`` if exact moments apply, else why not."""
     if not isinstance(problem, Quadratic):
         return f"the problem is a {type(problem).__name__}, not a Quadratic with additive Gaussian noise"
-    if not (type(method) in (SGD, USAM) or (type(method) is UnifiedSAM and method.lam == 0.0)):
+    affine = method.affine_noise  # the method's declaration (sde_sam.methods.base.AffineNoise)
+    if affine is None or affine.kind not in ("sgd", "usam") or not affine.every_order_on_quadratics:
         return (f"the method is {method.name}, not SGD or USAM (with or without momentum), whose step is "
                 "linear on a quadratic")
+    if method.weight_decay != 0.0:
+        return (f"the method has weight_decay={method.weight_decay:g}, which the exact moments do not include "
+                "yet (its step is linear, A + λI)")
     return None
 
 

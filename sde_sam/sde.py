@@ -132,7 +132,8 @@ class SDEModel:
 
         def sample(shape, gen):
             if increments == "two_point":
-                zeta = torch.randint(0, 2, (*shape, m), generator=gen, device=p.device).to(p.dtype).mul_(2).sub_(1)
+                from .streams import random_signs  # 64 signs per random 64-bit word (same law as before)
+                zeta = random_signs((*shape, m), gen, dtype=p.dtype, device=p.device)
             else:
                 zeta = torch.randn(*shape, m, generator=gen, dtype=p.dtype, device=p.device)
             draws = p.sample_draws((*shape, k), gen) if k else torch.empty(*shape, 0, device=p.device)

@@ -26,24 +26,27 @@ Example:
     ...     table = grid(specs, my_cell, executor=pool, results_dir="results/my_study")
 
 Cell functions and specs travel to the workers by pickling: define cell functions at module level (a
-``ProcessPoolExecutor`` pickles them by reference); Ray uses ``cloudpickle``. Prefer processes (or Ray) to
-threads: torch's forward-mode AD levels are global to a process, so two cells that take ``jvp``s at the
-same time in one process (SDE models of order >= 1 and Hessian-vector products use them) fail with
-"forward AD level" errors on a ``ThreadPoolExecutor``; cells that only run discrete methods are fine there.
+``ProcessPoolExecutor`` pickles them by reference); Ray uses ``cloudpickle``. Cells run in parallel on
+processes (a ``ProcessPoolExecutor``, Dask workers) or Ray, never in threads of one process: torch's
+forward-mode AD levels are global to a process, so two cells taking ``jvp``s at the same time there (SDE
+models of order >= 1, Hessian-vector products) would fail or, worse, finish with wrong numbers. So every
+cell runs holding a lock of its process: on a ``ThreadPoolExecutor`` (or any executor running cells in
+threads of this process) the cells run one at a time and give the serial table bit for bit, for every model
+order; for cells side by side use ``ProcessPoolExecutor`` or :class:`RayExecutor`.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
-import json
 import os
-import pickle
 import sys
-import tempfile
-import uuid
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
+
+from ._io import CellStore, ForeignCell, canonical
 
 __all__ = ["run_cells", "grid", "spec_key", "CellErrors", "RayExecutor", "ScriptFunction"]
 
@@ -85,6 +88,41 @@ def _progress_bar(total: int, enabled: bool | None, desc: str | None):
     return tqdm(total=total, desc=desc or "cells", unit="cell")
 
 
+# One cell at a time per process: forward-mode AD levels are process-global in torch, so two cells of one
+# process computing jvps at once corrupt each other (issue 19). Held around every cell, wherever it runs.
+_CELL_LOCK = threading.Lock()
+_THIS_THREAD = threading.local()
+
+
+def _one_at_a_time(cell_fn: Callable[[Any], Any], spec: Any) -> Any:
+    """``cell_fn(spec)`` holding this process's cell lock (a cell started inside a cell in the same thread
+    already holds it). Module level, so it pickles to workers with ``cell_fn``."""
+    if getattr(_THIS_THREAD, "in_cell", False):
+        return cell_fn(spec)
+    with _CELL_LOCK:
+        _THIS_THREAD.in_cell = True
+        try:
+            return cell_fn(spec)
+        finally:
+            _THIS_THREAD.in_cell = False
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def _in_this_process(executor: Any) -> bool:
+    """Whether ``executor`` runs what is submitted in this process (threads): a probe's pid, unless known."""
+    if isinstance(executor, (cf.ProcessPoolExecutor, RayExecutor)):
+        return False
+    if isinstance(executor, cf.ThreadPoolExecutor):
+        return True
+    try:
+        return executor.submit(_pid).result() == os.getpid()
+    except Exception:  # cannot tell: assume it may be threads here (running inline is always correct)
+        return True
+
+
 def run_cells(cells: Sequence[tuple[Hashable, Any]], cell_fn: Callable[[Any], Any], *, executor: Any = None,
               on_result: Callable[[Hashable, Any], None] | None = None, progress: bool | None = False,
               desc: str | None = None) -> dict[Hashable, Any]:
@@ -95,9 +133,9 @@ def run_cells(cells: Sequence[tuple[Hashable, Any]], cell_fn: Callable[[Any], An
         cell_fn: a function of one spec. With a process pool or Ray it must pickle (a module-level function).
         executor: ``None`` (in this process, one cell after another) or any object with the ``submit`` of
             ``concurrent.futures.Executor`` returning a ``concurrent.futures.Future``:
-            ``ProcessPoolExecutor``, Dask's ``client.get_executor()``, :class:`RayExecutor`, or a
-            ``ThreadPoolExecutor`` for cells without forward-mode AD (see the module docstring). It is not
-            shut down here.
+            ``ProcessPoolExecutor``, Dask's ``client.get_executor()``, :class:`RayExecutor`. Cells of one
+            process run one at a time (a lock; see the module docstring), so a ``ThreadPoolExecutor`` gives
+            the serial results but no speed-up. It is not shut down here.
         on_result: called as ``on_result(key, result)`` in *this* process and thread as each cell completes
             (completion order): the place to save it. An exception from ``on_result`` is not a cell failure:
             the cells not yet started are cancelled and it propagates.
@@ -119,9 +157,12 @@ def run_cells(cells: Sequence[tuple[Hashable, Any]], cell_fn: Callable[[Any], An
     if executor is not None and not callable(getattr(executor, "submit", None)):
         raise TypeError(f"`executor` must be None or have a `submit(fn, *args)` method like "
                         f"concurrent.futures.Executor, got {type(executor).__name__}")
+    if executor is not None and getattr(_THIS_THREAD, "in_cell", False) and _in_this_process(executor):
+        executor = None  # cells inside a cell, on threads of this process, would wait for its lock forever
     done: dict[Hashable, Any] = {}
     errors: dict[Hashable, BaseException] = {}
     bar = _progress_bar(len(cells), progress, desc)
+    run_one = functools.partial(_one_at_a_time, cell_fn)
 
     def finished(key, result):
         done[key] = result
@@ -132,7 +173,7 @@ def run_cells(cells: Sequence[tuple[Hashable, Any]], cell_fn: Callable[[Any], An
         if executor is None:
             for key, spec in cells:
                 try:
-                    result = cell_fn(spec)
+                    result = run_one(spec)
                 except Exception as err:  # a failing cell is reported at the end; KeyboardInterrupt is not caught
                     errors[key] = err
                 else:
@@ -143,7 +184,7 @@ def run_cells(cells: Sequence[tuple[Hashable, Any]], cell_fn: Callable[[Any], An
             futures = {}
             try:
                 for key, spec in cells:
-                    futures[executor.submit(cell_fn, spec)] = key
+                    futures[executor.submit(run_one, spec)] = key
                 for future in cf.as_completed(futures):
                     key = futures[future]
                     try:
@@ -172,11 +213,7 @@ def run_cells(cells: Sequence[tuple[Hashable, Any]], cell_fn: Callable[[Any], An
 def spec_key(spec: dict) -> str:
     """The stable key of a cell spec: the first 16 hex digits of the SHA-256 of its canonical JSON
     (sorted keys; tuples and lists alike). Equal specs give equal keys across processes, machines and runs."""
-    return hashlib.sha256(_canonical(spec).encode()).hexdigest()[:16]
-
-
-def _canonical(spec: dict) -> str:
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(canonical(spec).encode()).hexdigest()[:16]
 
 
 def _check_specs(specs: Sequence[dict]) -> list[str]:
@@ -199,44 +236,19 @@ def _check_specs(specs: Sequence[dict]) -> list[str]:
     return keys
 
 
-def _cell_path(results_dir: Path, key: str) -> Path:
-    return results_dir / "cells" / f"{key}.pkl"
+def _cells(results_dir: Path) -> CellStore:
+    return CellStore(results_dir / "cells")
 
 
-def _save_cell(results_dir: Path, key: str, spec: dict, frame) -> Path:
-    """Write ``{"spec", "table"}`` to a temporary file next to the target, then ``os.replace`` it: a reader
-    (or an interrupted run) sees either the whole cell or none of it."""
-    path = _cell_path(results_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp", dir=path.parent)
+def _load_cell(store: CellStore, key: str, spec: dict):
+    """The saved table of this spec, or ``None`` when absent, damaged (a warning names the file) or saved
+    for another spec (a hand-copied file: recomputed with a warning)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump({"spec": spec, "table": frame}, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _load_cell(results_dir: Path, key: str, spec: dict):
-    """The saved table of this spec, or ``None`` when absent or saved for another spec."""
-    path = _cell_path(results_dir, key)
-    if not path.exists():
+        return store.load(key, spec)
+    except ForeignCell as err:
+        warnings.warn(f"cell file {err.path} holds another spec ({err.saved_spec!r}, expected {spec!r}); "
+                      "recomputing the cell", stacklevel=3)
         return None
-    try:
-        with open(path, "rb") as fh:
-            saved = pickle.load(fh)
-    except (EOFError, pickle.UnpicklingError, AttributeError, ImportError) as err:  # unreadable: compute again
-        warnings.warn(f"cell file {path} could not be read ({type(err).__name__}: {err}); recomputing the cell",
-                      stacklevel=3)
-        return None
-    if not isinstance(saved, dict) or _canonical(saved.get("spec", {})) != _canonical(spec):
-        return None
-    return saved["table"]
 
 
 def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any = None,
@@ -249,15 +261,20 @@ def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any
     pool, Dask, Ray give the same table bit for bit. Anything that combines cells (differences, fits) belongs
     after ``grid``, on the table.
 
-    Resume: with ``results_dir``, each finished cell is saved atomically (temporary file + ``os.replace``)
-    as ``results_dir/cells/<spec_key(spec)>.pkl`` holding the spec and its table (pickle: an exact round
-    trip of every dtype and float). A rerun loads the cells already there and submits only the missing
-    ones; a study interrupted mid-way (a failed cell, a killed worker, Ctrl-C) loses only the cells that had
-    not finished. Changing any field of a spec makes it a new cell.
+    Resume: with ``results_dir``, each finished cell is saved atomically (unique temporary file +
+    ``os.replace``) as ``results_dir/cells/<spec_key(spec)>.csv``, its table (floats by ``repr``, read back
+    as a round trip), and ``<spec_key(spec)>.json``, the spec with the table's columns, dtypes, row count
+    and SHA-256 (:class:`sde_sam._io.CellStore`): the table reads back equal, dtype and bit for bit. A
+    rerun loads the cells already there and submits only the missing ones; a study interrupted mid-way (a
+    failed cell, a killed worker, Ctrl-C) loses only the cells that had not finished. Changing any field of
+    a spec makes it a new cell. A cell file that is damaged, holds another spec, or is a ``.pkl`` of an
+    older version (never unpickled: unpickling can run code) is recomputed with a warning naming it.
 
     Args:
         specs: distinct dicts of JSON-able fields (``str``, ``int``, ``float``, ``bool``, ``None``, lists).
-        cell_fn: ``cell_fn(spec) -> pandas.DataFrame``; a module-level function for process pools and Ray.
+        cell_fn: ``cell_fn(spec) -> pandas.DataFrame`` (with ``results_dir``: distinct ``str`` column
+            names; numbers, booleans and text store exactly, other columns are not stored, with a warning);
+            a module-level function for process pools and Ray.
         executor: see :func:`run_cells` (``None``: in this process).
         results_dir: where ``cells/`` go; ``None`` keeps nothing on disk.
         progress: tqdm bar over the cells to compute (``None``: when stderr is a terminal).
@@ -280,11 +297,11 @@ def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any
         unknown = sorted({c for c in spec_columns if any(c not in spec for spec in specs)})
         if unknown:
             raise ValueError(f"`spec_columns` must name fields of every spec, got {unknown}")
-    root = Path(results_dir) if results_dir is not None else None
+    store = _cells(Path(results_dir)) if results_dir is not None else None
     tables: dict[str, Any] = {}
-    if root is not None:
+    if store is not None:
         for key, spec in zip(keys, specs):
-            table = _load_cell(root, key, spec)
+            table = _load_cell(store, key, spec)
             if table is not None:
                 tables[key] = table
     missing = [(key, spec) for key, spec in zip(keys, specs) if key not in tables]
@@ -295,8 +312,8 @@ def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any
             raise TypeError(f"`cell_fn` must return a pandas DataFrame, got {type(table).__name__} "
                             f"for spec {spec_of[key]!r}")
         tables[key] = table
-        if root is not None:
-            _save_cell(root, key, spec_of[key], table)
+        if store is not None:
+            store.save(key, spec_of[key], table)
 
     if missing:
         try:

@@ -103,6 +103,15 @@ def ray_cluster():
     ray.shutdown()
 
 
+def saved_cells(folder: Path) -> list[str]:
+    """The cells stored in ``folder``: each a table (``.csv``) and its record (``.json``), nothing else (no
+    temporary file left behind, no pickle)."""
+    names = sorted(p.name for p in folder.iterdir())
+    stems = sorted({n.rsplit(".", 1)[0] for n in names})
+    assert names == sorted([f"{s}.csv" for s in stems] + [f"{s}.json" for s in stems]), names
+    return stems
+
+
 def spawn_pool(workers: int = 2) -> ProcessPoolExecutor:
     """Spawned workers: a forked child would inherit torch's thread pools (and the engine's RNG threads)."""
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
@@ -150,7 +159,7 @@ def test_thread_pool_gives_the_same_table(serial_table):
 def test_process_pool_gives_the_same_table(serial_table, tmp_path, process_pool):
     table = grid(escape_specs(), escape_cell, executor=process_pool, results_dir=tmp_path)
     pdt.assert_frame_equal(table, serial_table, check_exact=True)
-    assert len(list((tmp_path / "cells").glob("*.pkl"))) == len(escape_specs())
+    assert saved_cells(tmp_path / "cells") == sorted(spec_key(s) for s in escape_specs())
     # reloaded from disk: still identical (exact round trip), nothing recomputed
     pdt.assert_frame_equal(grid(escape_specs(), failing_cell, results_dir=tmp_path), serial_table, check_exact=True)
 
@@ -208,7 +217,7 @@ def test_interrupted_study_resumes_only_missing_cells(tmp_path, serial_table):
     with pytest.raises(CellErrors, match="interrupted at cell 2") as info:
         grid(specs, counting_cell, results_dir=tmp_path / "res")
     assert len(info.value.errors) == len(specs) - k
-    assert len(list((tmp_path / "res" / "cells").glob("*.pkl"))) == k  # the finished cells were kept
+    assert len(saved_cells(tmp_path / "res" / "cells")) == k  # the finished cells were kept
     (log / "stop").unlink()
     table = grid(specs, counting_cell, results_dir=tmp_path / "res")
     calls = sorted(int(p.name.split("-")[1]) for p in log.glob("call-*"))
@@ -229,7 +238,7 @@ def test_killed_worker_process_resumes_only_missing_cells(tmp_path):
         grid(specs, dying_cell, executor=pool, results_dir=tmp_path / "res")
     done = {int(p.name.split("-")[1]) for p in log.glob("call-*")}
     assert {0, 1, 2} <= done and 3 not in done
-    assert len(list((tmp_path / "res" / "cells").glob("*.pkl"))) == len(done)
+    assert len(saved_cells(tmp_path / "res" / "cells")) == len(done)
     (log / "die").unlink()
     for p in log.glob("call-*"):
         p.unlink()
@@ -250,7 +259,7 @@ def test_failed_cell_is_reported_and_others_kept(tmp_path):
     specs = [{"x": x} for x in range(5)]
     with pytest.raises(CellErrors, match=r"\{'x': 2\}: ValueError: bad cell x=2"):
         grid(specs, failing_cell, results_dir=tmp_path)
-    assert len(list((tmp_path / "cells").glob("*.pkl"))) == 4
+    assert saved_cells(tmp_path / "cells") == sorted(spec_key(s) for s in specs if s["x"] != 2)
     with pytest.raises(CellErrors, match=r"1 cell\(s\) failed \(0 finished"):
         grid(specs, failing_cell, results_dir=tmp_path)
 
@@ -273,19 +282,20 @@ def test_run_cells_serial_and_pools_agree():
 def test_grid_saves_atomically_and_ignores_foreign_cells(tmp_path):
     specs = [{"x": 1}, {"x": 3}]
     grid(specs, failing_cell, results_dir=tmp_path)
-    files = sorted(p.name for p in (tmp_path / "cells").iterdir())
-    assert files == sorted(f"{spec_key(s)}.pkl" for s in specs)  # no temporary files left behind
+    assert saved_cells(tmp_path / "cells") == sorted(spec_key(s) for s in specs)  # no temporary left behind
     # a cell file that holds another spec (e.g. copied by hand) is recomputed, not trusted
-    os.replace(tmp_path / "cells" / f"{spec_key(specs[1])}.pkl", tmp_path / "cells" / f"{spec_key(specs[0])}.pkl")
-    table = grid(specs, failing_cell, results_dir=tmp_path)
+    for ext in (".csv", ".json"):
+        os.replace(tmp_path / "cells" / f"{spec_key(specs[1])}{ext}", tmp_path / "cells" / f"{spec_key(specs[0])}{ext}")
+    with pytest.warns(UserWarning, match=f"{spec_key(specs[0])}.json holds another spec"):
+        table = grid(specs, failing_cell, results_dir=tmp_path)
     assert table["y"].tolist() == [1, 9]
 
 
 def test_unreadable_cell_file_is_recomputed_with_a_warning(tmp_path):
     specs = [{"x": 1}, {"x": 3}]
     grid(specs, failing_cell, results_dir=tmp_path)
-    (tmp_path / "cells" / f"{spec_key(specs[0])}.pkl").write_bytes(b"not a pickle")
-    with pytest.warns(UserWarning, match="could not be read.*recomputing the cell"):
+    (tmp_path / "cells" / f"{spec_key(specs[0])}.json").write_bytes(b"not a record")
+    with pytest.warns(UserWarning, match=f"{spec_key(specs[0])}.json could not be read.*recomputing the cell"):
         table = grid(specs, failing_cell, results_dir=tmp_path)
     assert table["y"].tolist() == [1, 9]
     assert grid(specs, not_a_frame, results_dir=tmp_path)["y"].tolist() == [1, 9]  # rewritten: loaded now

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
+import os
+import re
 import sys
 import time
 import warnings
@@ -37,9 +40,19 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _entries(text: str) -> list[str]:
+    """The comma-separated entries of ``text``, stripped; an empty entry (``0.1,,0.2``, a trailing comma) is
+    refused rather than skipped: it is more likely a lost value than an intended one."""
+    entries = [v.strip() for v in text.split(",")]
+    if not all(entries):
+        raise argparse.ArgumentTypeError(f"empty entry in the comma-separated list {text!r}")
+    return entries
+
+
 def _floats(text: str) -> list[float]:
+    entries = _entries(text)
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        return [float(v) for v in entries]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
@@ -71,16 +84,20 @@ def _number(minimum: float, *, strict: bool = False, integer: bool = False) -> C
 
 def _orders(text: str) -> list:
     out = []
-    for v in text.split(","):
-        v = v.strip()
+    for v in _entries(text):
         if v not in ("0", "1", "2", "exact"):
             raise argparse.ArgumentTypeError(f"orders must be among 0, 1, 2, exact; got {v!r}")
         out.append(v if v == "exact" else int(v))
+    if len(set(map(str, out))) != len(out):
+        raise argparse.ArgumentTypeError(f"orders must be distinct, got {text!r}")
     return out
 
 
 def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+    names = _entries(text)
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"names must be distinct, got {text!r}")
+    return names
 
 
 # -- weak-error ---------------------------------------------------------------------------------------------
@@ -146,7 +163,7 @@ def _add_weak_error(sub) -> None:
                    help="gradient-noise covariance sigma² (quadratic and saddle only)")
     p.add_argument("--horizon", type=_number(0, strict=True), default=0.5,
                    help="time horizon T on the SDE scale t = k·lr")
-    p.add_argument("--paths", type=_number(2, integer=True), default=20_000,
+    p.add_argument("--paths", type=_number(4, integer=True), default=20_000,
                    help="paths per simulation (Monte-Carlo mode)")
     p.add_argument("--orders", type=_orders, default="0,1", help="SDE model orders among 0, 1, 2, exact")
     p.add_argument("--test-functions", type=_names, default=None,
@@ -180,6 +197,27 @@ def _weak_error_accepts(name: str) -> bool:
     return name in inspect.signature(weak_error).parameters
 
 
+#: The API's argument names (as its messages quote them, in backticks) -> the flags that set them.
+_FLAGS = {"lrs": "--lrs", "horizon": "--horizon", "n_paths": "--paths", "dt_ratio": "--dt-ratio",
+          "test_functions": "--test-functions", "sde_order": "--orders", "mode": "--mode", "coupling": "--coupling",
+          "record_every": "--record-every", "seed": "--seed", "rho": "--rho", "results_dir": "--out"}
+#: API messages that name no argument in backticks, by their start -> the flag they are about.
+_MESSAGE_FLAGS = {"no test function left for exact mode": "--test-functions"}
+
+
+def _flag_error(text: str) -> UsageError | None:
+    """An input error of the API as a one-line :class:`UsageError` naming the flag (``None``: not an input error)."""
+    text = " ".join(text.split())
+    quoted = re.match(r"`([a-z_]+)", text)
+    flag = _FLAGS.get(quoted.group(1)) if quoted else next(
+        (f for start, f in _MESSAGE_FLAGS.items() if text.startswith(start)), None)
+    if flag is None:
+        return UsageError(text) if quoted else None  # an argument the CLI sets itself (e.g. `x0`): as the API says
+    if flag == "--test-functions" and not quoted:
+        text += " (pass --mode monte_carlo for the others)"
+    return UsageError(f"argument {flag}: {text}")
+
+
 def _study(weak_error, args, problem, x0, method, rho, out: Path, extra: dict):
     """Run the study; input errors the API reports become :class:`UsageError` naming the CLI's flags."""
     try:
@@ -193,10 +231,40 @@ def _study(weak_error, args, problem, x0, method, rho, out: Path, extra: dict):
             raise UsageError(f"argument --out: {out} holds a study with other settings "
                              f"({text.partition('(')[2].partition(')')[0] or 'see config.json'}); "
                              f"pass another --out, or delete {out}") from None
-        if text.startswith("`"):  # the API's input checks name the argument in backticks
-            raise UsageError(text.replace("\n", " ")) from None
-        raise
+        usage = _flag_error(text)
+        if usage is None:
+            raise
+        raise usage from None
     return study
+
+
+def _writable_folder(path: Path, flag: str) -> None:
+    """Refuse, before any work, a ``path`` that is not a folder this process can create or write into."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"argument {flag}: {path} is a file, not a folder; pass a folder (it is created if missing)")
+    parent = path
+    while not parent.exists():  # the nearest existing folder above: where the missing ones would be created
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"argument {flag}: cannot create {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"argument {flag}: cannot write into {parent} (permission denied); pass another {flag}")
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` is a writable folder, and the ``config.json`` of a study there (if any) is readable."""
+    _writable_folder(out, "--out")
+    config = out / "config.json"
+    if not config.exists():
+        return
+    try:
+        ok = isinstance(json.loads(config.read_text()), dict)
+        why = "not a JSON object"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        ok, why = False, " ".join(str(err).split())
+    if not ok:
+        raise UsageError(f"argument --out: {config} is not a study's config ({why}); delete it (or {out}) "
+                         f"or pass another --out")
 
 
 def _run_weak_error(args) -> int:
@@ -205,6 +273,7 @@ def _run_weak_error(args) -> int:
     if args.method == "unifiedsam" and args.lam > 1:
         raise UsageError(f"argument --lam: must be in [0, 1], got {args.lam:g}")
     out = args.out if args.out is not None else Path("results", "weak_error", f"{args.problem}_{args.method}")
+    _check_out(out)
     t0 = time.perf_counter()
     problem, x0 = _problem(args)
     method, rho = _method(args)
@@ -227,7 +296,18 @@ def _run_weak_error(args) -> int:
 def _add_reproduce(sub) -> None:
     from . import reproduce  # the experiment scripts live in the checkout (experiments/, paper_figs/)
 
-    reproduce.add_parser(sub).set_defaults(handler=reproduce.run)
+    parser = reproduce.add_parser(sub)
+    parser.set_defaults(handler=_run_reproduce, parser=parser)
+
+
+def _run_reproduce(args) -> int:
+    """``reproduce.run`` after checking its output folders (``--results``, ``--figs``) before any work."""
+    from . import reproduce
+
+    _writable_folder(Path(args.results), "--results")
+    if args.figs is not None:
+        _writable_folder(Path(args.figs), "--figs")
+    return reproduce.run(args)
 
 
 COMMANDS: list[Callable] = [_add_weak_error, _add_reproduce]

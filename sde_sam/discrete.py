@@ -155,6 +155,7 @@ def step(problem: Problem, method: Method, x: Tensor, draws, *, state: StepState
     lead = draws[0].shape[:1] if isinstance(draws, tuple) else getattr(draws, "shape", (None,))[:1]
     if tuple(lead) != (x.shape[0],):
         raise ValueError(f"`draws` must have leading dim n={x.shape[0]} (one draw per path), got {tuple(lead)}")
+    _checks.draws(problem, draws, lead=(x.shape[0],))  # the problem's format: shape, dtype, index range
     if state is None:
         state = initial_state(problem, method, x)
     elif not isinstance(state, StepState):
@@ -213,6 +214,7 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
     obs = obs_mod.resolve(observables, problem)
     if record_every == "auto":
         record_every = obs_mod.auto_record_every(obs, obs_mod.step_cost(problem, method))
+    _checks.run_inputs(problem, draws, steps=steps, n_paths=n, every=record_every, n_obs=len(obs), keep=keep_draws)
     v_given = None if v0 is None else initial_state(problem, method, x, v0=v0).v
     offset = [0]  # the engine initialises chunks in order; v0's rows follow them
 

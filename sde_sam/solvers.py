@@ -90,6 +90,7 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
     if not isinstance(sde, SDEModel):
         raise TypeError(f"`sde` must come from sde_sam.sde_model, got {type(sde).__name__}")
     t1, dt = _checks.positive("t1", t1), _checks.positive("dt", dt)
+    _checks.step_count("t1", t1, t1 / dt, f"solver steps of dt={dt}")  # t1=1e308: refused, not an overflow
     steps = round(t1 / dt)
     if steps < 1 or abs(steps * dt - t1) > 1e-9 * max(1.0, t1):
         raise ValueError(f"`t1` must be a positive integer multiple of `dt`, got t1={t1}, dt={dt}")
@@ -110,6 +111,8 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
     obs = obs_mod.resolve(observables, problem)
     if record_every == "auto":
         record_every = obs_mod.auto_record_every(obs, obs_mod.sde_step_cost(sde))
+    _checks.records(steps=steps, record_every=record_every, n_paths=n, n_observables=len(obs), dtype=x.dtype,
+                    argument="t1")
     info = {"kind": "sde", **sde.method.describe(), "rho": sde.method.rho, "model": sde.label,
             "order": sde.order, "diffusion": sde.diffusion, "dt": dt, "increments": increments,
             "seed": seed if isinstance(seed, int) else None, "problem": repr(problem)}

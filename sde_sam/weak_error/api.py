@@ -176,7 +176,7 @@ def _run(specs: list[CellSpec], store: CellStore, executor, show, n_paths: int |
 
 
 def _check_arguments(problem, method, *, lrs, horizon, x0, n_paths, dt_ratio, record_every, sde_order, mode,
-                     diffusion, rho, coupling) -> tuple[list[float], list, float | Callable | None]:
+                     diffusion, rho, coupling, expectation="auto") -> tuple[list[float], list, float | Callable | None]:
     """Validate at the public boundary; return the lrs as floats, the orders as a list, and rho."""
     if not isinstance(problem, Problem):
         raise TypeError(f"`problem` must be an sde_sam Problem, got {type(problem).__name__}")
@@ -212,6 +212,27 @@ def _check_arguments(problem, method, *, lrs, horizon, x0, n_paths, dt_ratio, re
         raise ValueError(f"`x0` must have shape (d,) (one start shared by every path), got {tuple(getattr(x0, 'shape', ()))}")
     d = problem.d if problem.d is not None else x0.shape[-1]
     _checks.state(x0, d=d, dtype=problem.dtype, device=problem.device, n_paths=1)
+    # Sizes, before the first cell: step counts (horizon=1e308 is refused, not an overflow), the states and
+    # the recordings of the smallest lr (exact mode, possible unless refused here, records every step).
+    steps = horizon / min(lrs)
+    _checks.step_count("horizon", horizon, steps, f"steps at lr={min(lrs):g}")
+    _checks.step_count("dt_ratio", dt_ratio, 2 * steps * dt_ratio, f"solver steps at lr={min(lrs):g} (solver check)")
+    exact_possible = mode == "exact" or (mode == "auto" and not coupling and not _exact_applicable(problem, method))
+    rows = int(steps) // (record_every or (1 if exact_possible else max(1, math.ceil(steps / 100)))) + 2
+    _checks.fits(f"`n_paths`={n_paths} with d={d}: the states (3 x n_paths x d {problem.dtype})",
+                 3 * n_paths * d * x0.element_size(), problem.device)
+    _checks.fits(f"`horizon`={horizon!r} at lr={min(lrs):g} with n_paths={n_paths}, record_every={record_every}: "
+                 f"the recordings ({rows} rows{'' if exact_possible else ' x n_paths'})",
+                 rows * (1 if exact_possible else n_paths) * 8.0, "cpu")
+    if dt_ratio < 2:  # dt = lr: the two-draw weak scheme (MATH §4.1) needs dt < lr; found here, not in a cell
+        from ..expectations import plan
+
+        for order in orders:
+            if plan(problem, method, order=order, diffusion=diffusion, expectation=expectation).mode == "two_draw":
+                raise ValueError(f"`dt_ratio`={dt_ratio} makes dt = lr, but the {model_label(order)} model of "
+                                 f"{method.name} on {problem!r} is integrated by the two-draw weak scheme (MATH "
+                                 "§4.1), which needs dt < lr; use dt_ratio >= 2 (default 10), or "
+                                 "expectation='enumerate' or an integer K")
     return lrs, orders, rho
 
 

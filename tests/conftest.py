@@ -5,6 +5,8 @@ One global setting: torch runs single-threaded in the tests. Test tensors are ti
 machine two spinning OpenMP threads make a (20000, 2) matmul ~60x slower; results do not depend on it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -13,21 +15,84 @@ import sde_sam as ss
 F64 = torch.float64
 torch.set_num_threads(1)
 
-# One row per method of MATH §2, with non-trivial hyper-parameters. Tests that hold "for every method"
-# parametrize over this table; test_methods checks that it covers `sde_sam.methods.METHODS`.
-METHOD_ROWS = [
-    ss.SGD(0.1),
-    ss.USAM(0.1, 0.2),
-    ss.SAM(0.1, 0.2),
-    ss.DNSAM(0.1, 0.2),
-    ss.UnifiedSAM(0.1, 0.2, 0.3),
-    ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=2, power_iters=3, init_power_iters=5),
+# -- the method table: every method and option, once -------------------------------------------------------
+# One row per method of MATH §2 (non-trivial hyper-parameters), its momentum forms and the options of issue 18,
+# each with tags. Tests that hold "for every method" parametrize over `rows(...)`; test_methods checks that the
+# table covers `sde_sam.methods.METHODS` and that each row's tags agree with what the method declares.
+# Tags: plain (no option set), perturbs, normalises, affine (closed-form Gaussian models), needs_oracle,
+# eigenvector, momentum, nesterov, weight_decay, micro_batch (mini-batch problems only), ascent.
+@dataclass(frozen=True)
+class Row:
+    method: ss.Method
+    tags: frozenset
+    id: str
+
+
+def _row(method: ss.Method, *tags: str, id: str | None = None) -> Row:
+    return Row(method, frozenset(tags), id or method.name)
+
+
+TABLE = [
+    _row(ss.SGD(0.1), "plain", "affine"),
+    _row(ss.USAM(0.1, 0.2), "plain", "perturbs", "affine"),
+    _row(ss.SAM(0.1, 0.2), "plain", "perturbs", "normalises"),
+    _row(ss.DNSAM(0.1, 0.2), "plain", "perturbs", "normalises", "affine"),
+    _row(ss.UnifiedSAM(0.1, 0.2, 0.3), "plain", "perturbs", "normalises"),
+    _row(ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=2, power_iters=3, init_power_iters=5),
+         "plain", "perturbs", "normalises", "eigenvector"),
+    _row(ss.TwoStepUSAM(0.1, 0.2), "plain", "perturbs", "needs_oracle"),
+    _row(ss.HessianUSAM(0.1, 0.2), "plain", "perturbs", "needs_oracle"),
+    _row(ss.ASAM(0.1, 0.2, offset=0.01), "plain", "perturbs", "normalises", "needs_oracle"),
+    # momentum
+    _row(ss.SAM(0.1, 0.2, momentum=0.9), "perturbs", "normalises", "momentum", id="SAM-heavyball"),
+    _row(ss.USAM(0.1, 0.2, momentum=0.5, nesterov=True), "perturbs", "affine", "momentum", "nesterov",
+         id="USAM-nesterov"),
+    _row(ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=2, power_iters=3, momentum=0.7, nesterov=True),
+         "perturbs", "normalises", "eigenvector", "momentum", "nesterov", id="EigenSAM-nesterov"),
+    # weight decay (MATH §2.3), with and without momentum
+    _row(ss.SGD(0.1, weight_decay=0.05, momentum=0.9, nesterov=True), "affine", "weight_decay", "momentum",
+         "nesterov", id="SGD-wd-nesterov"),
+    _row(ss.USAM(0.1, 0.2, weight_decay=0.05), "perturbs", "affine", "weight_decay", id="USAM-wd"),
+    _row(ss.ASAM(0.1, 0.2, weight_decay=5e-4, momentum=0.9), "perturbs", "normalises", "needs_oracle",
+         "weight_decay", "momentum", id="ASAM-wd-heavyball"),
+    # multi-step ascent (MATH §2.2)
+    _row(ss.SAM(0.1, 0.2, ascent_steps=3, ascent_step_size=0.1), "perturbs", "normalises", "needs_oracle",
+         "ascent", id="SAM-ascent3"),
+    _row(ss.SAM(0.1, 0.2, ascent_steps=2, ascent_normalized=False, momentum=0.5), "perturbs", "normalises",
+         "needs_oracle", "ascent", "momentum", id="SAM-ascent2-raw-heavyball"),
+    # m-SAM (MATH §2.2): mini-batch problems only
+    _row(ss.SAM(0.1, 0.2, micro_batch=1), "perturbs", "normalises", "micro_batch", id="SAM-m1"),
+    _row(ss.USAM(0.1, 0.2, micro_batch=1, weight_decay=0.05), "perturbs", "micro_batch", "weight_decay",
+         id="USAM-m1-wd"),
+    _row(ss.DNSAM(0.1, 0.2, micro_batch=1), "perturbs", "normalises", "micro_batch", id="DNSAM-m1"),
+    _row(ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=2, power_iters=3, init_power_iters=5, micro_batch=1),
+         "perturbs", "normalises", "eigenvector", "micro_batch", id="EigenSAM-m1"),
+    _row(ss.HessianUSAM(0.1, 0.2, micro_batch=1), "perturbs", "needs_oracle", "micro_batch", id="HessianUSAM-m1"),
+    _row(ss.ASAM(0.1, 0.2, micro_batch=1),
+         "perturbs", "normalises", "needs_oracle", "micro_batch", id="ASAM-m1"),
+    _row(ss.SAM(0.1, 0.2, micro_batch=1, ascent_steps=2), "perturbs", "normalises", "needs_oracle", "ascent",
+         "micro_batch", id="SAM-m1-ascent2"),
 ]
+
+
+def rows(*having: str, without: tuple[str, ...] = ()) -> list:
+    """``pytest.param`` of every row with all tags in ``having`` and none in ``without``, id'd by the row."""
+    return [pytest.param(r.method, id=r.id) for r in TABLE
+            if set(having) <= r.tags and not (set(without) & r.tags)]
+
+
+def methods(*having: str, without: tuple[str, ...] = ()) -> list[ss.Method]:
+    """The methods of :func:`rows`."""
+    return [p.values[0] for p in rows(*having, without=without)]
+
+
+# The six rows of MATH §2's table without oracles (other test files extend it with their own rows).
+METHOD_ROWS = methods("plain", without=("needs_oracle",))
 
 
 @pytest.fixture(params=METHOD_ROWS, ids=lambda m: m.name)
 def method(request) -> ss.Method:
-    """Every row of the method table, one test each."""
+    """Every row of MATH §2's table without oracles, one test each."""
     return request.param
 
 

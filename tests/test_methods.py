@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import sde_sam as ss
-from sde_sam.methods import METHODS
+from conftest import TABLE, methods, rows
+from sde_sam import theory
+from sde_sam.methods import METHODS, effective_gradient
 from sde_sam.problems import teacher_student
 
 F64 = torch.float64
@@ -51,16 +53,25 @@ def _table_perturbation(m: ss.Method, g: torch.Tensor, full: torch.Tensor, v: to
     return torch.stack(rows)
 
 
-# Bolte, Le & Pauwels's variants need oracles (hvp, grad_at, x): tested on their own below and in
-# test_discrete/test_momentum/test_filters.
-ORACLE_ROWS = [ss.TwoStepUSAM(0.1, 0.2), ss.HessianUSAM(0.1, 0.2)]
+def _declared_tags(m: ss.Method) -> set[str]:
+    """The tags a row must carry, read from what the method declares and the options it was built with."""
+    opts = {"momentum": m.momentum > 0, "nesterov": m.nesterov, "weight_decay": m.weight_decay > 0,
+            "micro_batch": getattr(m, "micro_batch", None) is not None,
+            "ascent": getattr(m, "ascent_steps", 1) > 1 or getattr(m, "ascent_step_size", None) is not None
+            or not getattr(m, "ascent_normalized", True)}
+    caps = {"perturbs": m.perturbs, "normalises": m.normalises, "needs_oracle": m.needs_oracle,
+            "eigenvector": m.uses_eigenvector,
+            "affine": m.affine_noise is not None and not opts["micro_batch"]}
+    return {k for k, v in {**opts, **caps}.items() if v} | ({"plain"} if not any(opts.values()) else set())
 
 
-def test_method_table_covers_every_method(method_rows):
-    rows = method_rows + ORACLE_ROWS
-    assert {type(m) for m in rows} == set(METHODS.values())
-    assert {m.name.lower() for m in rows} == set(METHODS)
-    assert all(m.needs_oracle for m in ORACLE_ROWS) and not any(m.needs_oracle for m in method_rows)
+def test_method_table_covers_every_method_and_its_tags_are_declared():
+    assert {type(r.method) for r in TABLE} == set(METHODS.values())
+    assert {r.method.name.lower() for r in TABLE} == set(METHODS)
+    assert len({r.id for r in TABLE}) == len(TABLE)
+    for r in TABLE:
+        assert set(r.tags) == _declared_tags(r.method), r.id
+        assert r.method.oracles <= ss.methods.ORACLES, r.id
 
 
 def _quartic(noise_cov=0.0):
@@ -104,7 +115,8 @@ def test_oracle_rho_zero_is_sgd_bit_for_bit():
 
 
 # -- rho is required (issue: `SAM(0.1)` used to be SGD silently) ---------------------------------------------
-@pytest.mark.parametrize("cls", [ss.USAM, ss.SAM, ss.DNSAM, ss.UnifiedSAM, ss.EigenSAM, ss.TwoStepUSAM, ss.HessianUSAM])
+@pytest.mark.parametrize("cls", [ss.USAM, ss.SAM, ss.DNSAM, ss.UnifiedSAM, ss.EigenSAM, ss.TwoStepUSAM, ss.HessianUSAM,
+                                 ss.ASAM])
 def test_rho_is_required_before_use(cls, diag_quadratic):
     template = cls(0.1)  # a template: studies set rho per lr
     assert template.rho is None
@@ -286,8 +298,119 @@ def test_integer_rho_is_accepted(rho, diag_quadratic):
 
 def test_normalises_declares_exactly_the_guarded_methods(diag_quadratic):
     """A method that divides by no norm never fires the guard (run skips its mask); the others can."""
-    assert {m.name for m in METHODS.values() if m.normalises} == {"SAM", "DNSAM", "UnifiedSAM", "EigenSAM"}
+    assert {m.name for m in METHODS.values() if m.normalises} == {"SAM", "DNSAM", "UnifiedSAM", "EigenSAM", "ASAM"}
     prob = ss.Quadratic(diag_quadratic.H, noise_cov=0.0)
     for m in (ss.SGD(0.1), ss.USAM(0.1, 0.05), ss.TwoStepUSAM(0.1, 0.05), ss.HessianUSAM(0.1, 0.05)):
         traj = ss.run(prob, m, torch.zeros(3, dtype=F64), steps=3, n_paths=2)
         assert traj.guard_count == 0 and torch.equal(traj.x_final, torch.zeros(2, 3, dtype=F64))
+
+
+# -- ASAM's perturbation (MATH §2.2), per path by hand ----------------------------------------------------------
+@pytest.mark.parametrize("offset", [0.0, 0.01])
+def test_asam_perturbation_matches_its_definition(offset):
+    g, x, _ = _random_inputs(seed=5)
+    x[0, 1] = 0.0  # a zero weight: moves only with an offset
+    pert = ss.ASAM(0.1, 0.3, offset=offset).perturbation(g, eps=1e-12, x=x)
+    for p in range(g.shape[0]):
+        T = torch.diag(x[p].abs() + offset)
+        want = 0.3 * T @ T @ g[p] / torch.linalg.vector_norm(T @ g[p])
+        torch.testing.assert_close(pert.eps[p], want, **TIGHT)
+    assert (pert.eps[0, 1] == 0) == (offset == 0) and not bool(pert.guarded.any())
+    # scale invariance: x -> a x, g -> g / a (a loss invariant under the rescaling) leaves a x + ε(a x) = a(x + ε(x))
+    a = torch.rand(g.shape, generator=torch.Generator().manual_seed(2), dtype=F64) + 0.5
+    scaled = ss.ASAM(0.1, 0.3).perturbation(g / a, eps=1e-12, x=a * x).eps
+    torch.testing.assert_close(scaled, a * ss.ASAM(0.1, 0.3).perturbation(g, eps=1e-12, x=x).eps, **TIGHT)
+
+
+# -- generic tests over the whole method table ------------------------------------------------------------------
+def _base_problems(method):
+    """A Gaussian-noise problem (unless the row is mini-batch only) and a mini-batch one."""
+    out = [_teacher_student()]
+    if getattr(method, "micro_batch", None) is None:
+        out.insert(0, (_quartic(0.2), torch.tensor([0.5, -1.0, 0.3], dtype=F64)))
+    return out
+
+
+@pytest.mark.parametrize("method", rows("perturbs"))
+def test_every_method_at_rho_zero_is_sgd_bit_for_bit(method):
+    """Any perturbation with every option, at rho = 0, is SGD with the same momentum and weight decay."""
+    sgd = ss.SGD(method.lr, momentum=method.momentum, nesterov=method.nesterov, weight_decay=method.weight_decay)
+    for prob, x0 in _base_problems(method):
+        base = _run(prob, sgd, x0)
+        assert not bool(base.diverged.any())
+        _same_run(_run(prob, method.with_rho(0.0), x0), base)
+
+
+@pytest.mark.parametrize("method", rows())
+def test_every_method_sde_of_every_order_has_the_right_shapes(method):
+    for prob, x0 in _base_problems(method):
+        x = x0 + 0.1 * torch.randn(3, prob.d, generator=torch.Generator().manual_seed(0), dtype=F64)
+        for order in (0, 1, 2, "exact"):
+            sde = ss.sde_model(prob, method, order=order, expectation=4 if not prob.additive_gaussian else "auto")
+            b, F = sde.drift(x), sde.diffusion_factor(x)
+            assert b.shape == (3, prob.d) and F.shape == (3, prob.d, sde.noise_dim), (order, sde)
+            assert bool(torch.isfinite(b).all()) and bool(torch.isfinite(F).all()), (order, sde)
+
+
+@pytest.mark.parametrize("method", rows())
+def test_every_method_declared_jacobian_factor_is_its_linearisation(method):
+    """On f = ½ Σ λᵢ xᵢ² (full batch) the base step's gradient G(x) + wd·x is linear for the methods that declare a
+    factor: its i-th diagonal entry is a(λᵢ). The others must refuse (a normalised step has no Jacobian at 0)."""
+    lams = torch.tensor([-1.5, -0.3, 0.4, 2.0, 5.0], dtype=F64)
+    coef = method.jacobian_factor()
+    if coef is None:
+        with pytest.raises(ValueError, match=r"no eigenvalue filter of this form"):
+            theory.jacobian_eigenvalue(method, 1.0)
+        return
+    prob = ss.Quadratic(torch.diag(lams))
+    x = 1e-3 * torch.eye(len(lams), dtype=F64)  # linear: any scale; one basis vector per row
+    G, _ = effective_gradient(prob, method, x, torch.zeros_like(x), eps=1e-12)
+    measured = torch.diagonal(G + method.weight_decay * x) / 1e-3
+    torch.testing.assert_close(measured, theory.jacobian_eigenvalue(method, lams), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", rows())
+def test_every_method_repr_round_trips_and_describes_its_options(method):
+    assert eval(repr(method), {**vars(ss), "inf": math.inf}) == method
+    described = method.describe()
+    assert described["method"] == method.name and described["lr"] == method.lr
+    for option, default in (("weight_decay", 0.0), ("micro_batch", None), ("ascent_steps", 1)):
+        assert (option in described) == (getattr(method, option, default) != default), option
+
+
+def test_old_reprs_and_descriptions_are_unchanged():
+    assert repr(ss.USAM(0.05, 0.1)) == "USAM(lr=0.05, eps=None, momentum=0.0, nesterov=False, rho=0.1)"
+    assert set(ss.SAM(0.05, 0.1).describe()) == {"method", "lr", "eps", "momentum", "nesterov", "rho"}
+
+
+# -- validation of the new options ------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, msg", [
+    (lambda: ss.SGD(0.1, weight_decay=-1e-4), r"`weight_decay` must be a finite number >= 0, got weight_decay=-0.0001"),
+    (lambda: ss.SAM(0.1, 0.1, micro_batch=0), r"`micro_batch` must be an integer >= 1, got micro_batch=0"),
+    (lambda: ss.USAM(0.1, 0.1, micro_batch=2.0), r"`micro_batch` must be an integer >= 1, got micro_batch=2.0"),
+    (lambda: ss.SAM(0.1, 0.1, ascent_steps=0), r"`ascent_steps` must be an integer >= 1, got ascent_steps=0"),
+    (lambda: ss.SAM(0.1, 0.1, ascent_step_size=0.0), r"`ascent_step_size` must be a finite number > 0, got ascent_step_size=0.0"),
+    (lambda: ss.SAM(0.1, 0.1, ascent_normalized=1), r"`ascent_normalized` must be True or False, got ascent_normalized=1"),
+    (lambda: ss.ASAM(0.1, 0.1, offset=-0.1), r"`offset` must be a finite number >= 0, got offset=-0.1"),
+    (lambda: ss.SGD(0.1, micro_batch=2), r"unexpected keyword argument 'micro_batch'"),
+    (lambda: ss.USAM(0.1, 0.1, ascent_steps=2), r"unexpected keyword argument 'ascent_steps'"),
+])
+def test_option_validation(make, msg):
+    with pytest.raises((ValueError, TypeError), match=msg):
+        make()
+
+
+def test_micro_batch_refused_where_it_does_not_fit(diag_quadratic):
+    x0 = torch.ones(3, dtype=F64)
+    with pytest.raises(ValueError, match=r"`micro_batch` \(m-SAM\) needs a mini-batch problem \(a FiniteSum\).*"
+                                         r"Quadratic has additive Gaussian gradient noise, got micro_batch=1"):
+        ss.run(diag_quadratic, ss.SAM(0.1, 0.1, micro_batch=1), x0, steps=1)
+    with pytest.raises(ValueError, match=r"`micro_batch` \(m-SAM\) needs a mini-batch problem"):
+        ss.sde_model(diag_quadratic, ss.USAM(0.1, 0.1, micro_batch=1))
+    prob = teacher_student(n=16, d_in=3, width=2, batch_size=4)
+    for call in (lambda: ss.run(prob, ss.SAM(0.1, 0.1, micro_batch=3), prob.x_init, steps=1),
+                 lambda: ss.step(prob, ss.SAM(0.1, 0.1, micro_batch=3), prob.x_init[None],
+                                 prob.sample_draws((1,), torch.Generator())),
+                 lambda: ss.sde_model(prob, ss.SAM(0.1, 0.1, micro_batch=3))):
+        with pytest.raises(ValueError, match=r"`micro_batch` must divide the batch size B=4 .*got micro_batch=3"):
+            call()

@@ -134,7 +134,10 @@ class SAM(Perturbing):
                 step = scale_rows(gi, s * norm.reciprocal())
             else:
                 step = scale_rows(gi, s)
-            delta = _project(step if delta is None else delta + step, rho)
+            if delta is None and self.ascent_normalized and s <= rho:
+                delta = step  # ||s ĝ|| <= s <= rho: the projection is the identity (and q=1, s=rho is SAM exactly)
+            else:
+                delta = _project(step if delta is None else delta + step, rho)
         return Perturbation(delta, fired)
 
 

@@ -1,4 +1,5 @@
-// MathJax configuration for pymdownx.arithmatex (generic mode): \( \) and \[ \] spans.
+// MathJax configuration for pymdownx.arithmatex (generic mode): \( \) and \[ \] inside class="arithmatex".
+// MathJax itself (assets/mathjax/tex-chtml.js) is served by the site: docs/hooks.py.
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"]],
@@ -12,6 +13,10 @@ window.MathJax = {
   }
 };
 
+// MathJax typesets the page once it has loaded; this typesets again after Material swaps page content
+// (instant navigation), and does nothing while MathJax is still loading.
 document$.subscribe(() => {
-  MathJax.typesetPromise()
+  if (window.MathJax && MathJax.typesetPromise) {
+    MathJax.typesetPromise()
+  }
 })

@@ -45,7 +45,7 @@ from ..problems.gaussian import Objective
 from . import cells as cells_mod
 from .cells import CellSpec, cell_specs, model_label, test_function_specs
 from .exact import EXACT_TEST_FUNCTIONS, _exact_applicable, _warn_unstable
-from .storage import CellStore
+from . import storage
 from .study import WeakErrorStudy
 
 ORDERS = (0, 1, 2, "exact")
@@ -135,7 +135,8 @@ def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizo
                 max_norm=max_norm)
     specs = cell_specs(grid, labels, mode, coupled, solver_check, opts)
     show = progress if progress is not None else None if mode == "monte_carlo" else False
-    done, cell_rows = _run(specs, CellStore(results_dir, config), executor, show, n_paths if mode != "exact" else None)
+    store = storage.open_cells(results_dir, config)
+    done, cell_rows = _run(specs, store, config, executor, show, n_paths if mode != "exact" else None)
     table, solver = _assemble(grid, labels, done, mode, coupled, solver_check, dt_ratio)
     study = WeakErrorStudy(table=table, solver_table=solver, cells=pd.DataFrame(cell_rows), config=config, mode=mode)
     if results_dir is not None:
@@ -148,17 +149,18 @@ def _cell(spec: CellSpec):
     return cells_mod.compute_cell(spec)
 
 
-def _run(specs: list[CellSpec], store: CellStore, executor, show, n_paths: int | None):
-    """Load the saved cells, run the missing ones through ``run_cells`` (saving each as it completes)."""
+def _run(specs: list[CellSpec], store, config: dict, executor, show, n_paths: int | None):
+    """Load the saved cells (each checked against the settings it records), run the missing ones through
+    ``run_cells`` (saving each as it completes)."""
     done, source, seconds = {}, {}, {}
     for spec in specs:
-        frame = store.get(spec.key)
+        frame = storage.load_cell(store, spec.key, config)
         if frame is not None:
             done[spec.key], source[spec.key], seconds[spec.key] = frame, "loaded", 0.0
 
     def finished(key, result) -> None:  # in this process only: the one writer of results_dir
         frame, secs = result
-        store.put(key, frame)
+        storage.save_cell(store, key, config, frame)
         done[key], source[key], seconds[key] = frame, "computed", secs
 
     todo = [(s.key, s) for s in specs if s.key not in done]

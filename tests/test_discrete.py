@@ -2,6 +2,7 @@
 closed forms of quadratics (SAM's 2-cycle, USAM's edge, USAM's exact moments) and the Trajectory."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 import sde_sam as ss
-from conftest import METHOD_ROWS
-from sde_sam.discrete import StepState, step
+from conftest import TABLE
+from sde_sam.discrete import StepState, initial_state, step
+from sde_sam.methods import effective_gradient
 from sde_sam.problems import FiniteSum, linear_regression, teacher_student
 
 F64 = torch.float64
@@ -38,21 +40,17 @@ PROBLEMS = {
     "teacher_student": lambda: teacher_student(n=16, batch_size=3),
 }
 
-# Every row of the shared method table, the variants of Bolte et al., and momentum in both forms.
-ALL_METHODS = METHOD_ROWS + [
-    ss.TwoStepUSAM(0.1, 0.2), ss.HessianUSAM(0.1, 0.2),
-    ss.SAM(0.1, 0.2, momentum=0.9), ss.USAM(0.1, 0.2, momentum=0.5, nesterov=True),
-    ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=2, power_iters=3, momentum=0.7, nesterov=True),
-]
-
-
-def _label(m: ss.Method) -> str:
-    return m.name + ("" if not m.momentum else ("-nesterov" if m.nesterov else "-heavyball"))
+def _batch_cases():
+    """Every row of the shared method table on every problem it applies to (m-SAM: mini-batch problems only)."""
+    for problem_name in PROBLEMS:
+        for row in TABLE:
+            if "micro_batch" in row.tags and problem_name == "quadratic_full_noise":
+                continue
+            yield pytest.param(problem_name, row.method, id=f"{problem_name}-{row.id}")
 
 
 # -- paths never interact -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("problem_name", list(PROBLEMS))
-@pytest.mark.parametrize("method", ALL_METHODS, ids=_label)
+@pytest.mark.parametrize("problem_name, method", list(_batch_cases()))
 def test_batch_step_equals_each_path_alone(problem_name, method):
     prob = PROBLEMS[problem_name]()
     n = 37
@@ -76,6 +74,22 @@ def test_batch_step_equals_each_path_alone(problem_name, method):
         assert torch.equal(new_alone.guarded, fired[i:i + 1])
         if buf is not None:
             assert torch.equal(new_alone.momentum, new.momentum[i:i + 1])
+
+
+@pytest.mark.parametrize("problem_name, method", [c for c in _batch_cases() if c.values[1].momentum])
+def test_momentum_zero_is_the_plain_base_step_bit_for_bit(problem_name, method):
+    """β = 0 (every other option kept) is x − η(G + λx) with G the one effective gradient (MATH §2.1, §2.3)."""
+    prob = PROBLEMS[problem_name]()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(9, prob.d, generator=g, dtype=F64)
+    draws = prob.sample_draws((9,), g)
+    plain = dataclasses.replace(method, momentum=0.0, nesterov=False)
+    state = initial_state(prob, plain, x, seed=3)
+    G, _ = effective_gradient(prob, plain, x, draws, eps=1e-12, v=state.v)
+    got, new = step(prob, plain, x, draws, state=state, eps=1e-12)
+    # torch.optim.SGD's d_p.add(p, alpha=weight_decay), then p - lr * d_p
+    assert torch.equal(got, x - plain.lr * (G.add(x, alpha=plain.weight_decay) if plain.weight_decay else G))
+    assert new.momentum is None
 
 
 @pytest.mark.parametrize("problem_name", ["linear_regression", "teacher_student"])
@@ -103,9 +117,10 @@ def test_dnsam_paths_do_not_couple(problem_name):
 
 def _chunk_cases():
     for m in [ss.SGD(0.1), ss.USAM(0.1, 0.2), ss.SAM(0.1, 0.2), ss.DNSAM(0.1, 0.2), ss.UnifiedSAM(0.1, 0.2, 0.3),
-              ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=3, power_iters=2, init_power_iters=5)]:
+              ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=3, power_iters=2, init_power_iters=5),
+              ss.ASAM(0.1, 0.2, weight_decay=0.01, momentum=0.9)]:
         yield pytest.param("quadratic_full_noise", m, id=f"quadratic-{m.name}")
-    for m in [ss.SGD(0.1), ss.DNSAM(0.1, 0.2)]:
+    for m in [ss.SGD(0.1), ss.DNSAM(0.1, 0.2), ss.SAM(0.1, 0.2, micro_batch=1, ascent_steps=2)]:
         yield pytest.param("teacher_student", m, id=f"teacher_student-{m.name}")
     for m in [ss.SGD(0.1), ss.DNSAM(0.1, 0.2)]:
         yield pytest.param("linear_regression", m, id=f"linear_regression-{m.name}")

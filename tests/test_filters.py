@@ -3,6 +3,7 @@ without momentum over a grid of (lr, rho, beta); the Nesterov filter's Jury deri
 of the filters study inside its method's filter, and Two-step/Hessian USAM never at the saddle USAM stops at."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import sde_sam as ss
+from conftest import methods
 from sde_sam import theory
 
 F64 = torch.float64
@@ -20,8 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _methods(lr: float, rho: float, beta: float, nesterov: bool) -> list[ss.Method]:
-    kw = dict(momentum=beta, nesterov=nesterov)
-    return [ss.SGD(lr, **kw), ss.USAM(lr, rho, **kw), ss.TwoStepUSAM(lr, rho, **kw), ss.HessianUSAM(lr, rho, **kw)]
+    """Every row of the method table that declares a Jacobian factor, at these hyper-parameters, and with weight
+    decay (which adds itself to the factor, MATH §2.3)."""
+    out = []
+    for m in methods():
+        if m.jacobian_factor() is None or m.momentum or m.weight_decay or type(m) in {type(o) for o in out}:
+            continue
+        m = dataclasses.replace(m, lr=lr, momentum=beta, nesterov=nesterov, **({"rho": rho} if m.perturbs else {}))
+        out += [m, dataclasses.replace(m, weight_decay=0.3 / lr)]
+    assert {type(m) for m in out} == {ss.SGD, ss.USAM, ss.TwoStepUSAM, ss.HessianUSAM}, out
+    return out
 
 
 GRID = [(lr, rho, beta, nest) for lr in (0.1, 0.03) for rho in (0.05, 0.5) for beta in (0.0, 0.5, 0.9)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import sde_sam as ss
+from conftest import methods
 from sde_sam import problems as P
 
 cloudpickle = pytest.importorskip("cloudpickle")
@@ -50,6 +51,10 @@ READY_MADE = {
     "breast_cancer_mlp": lambda: P.breast_cancer_mlp(32, hidden=4, batch_size=4),
     "breast_cancer_logistic": lambda: P.breast_cancer_logistic(32, batch_size=None),
     "conv_module": _conv_problem,
+    "l2_quadratic": lambda: P.with_l2(ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=0.04), 0.1),
+    "l2_objective": lambda: P.with_l2(ss.Objective(_quartic, 3, noise_cov=0.01, dtype=F64), 0.1),
+    "l2_teacher_student": lambda: P.with_l2(P.teacher_student(n=8, batch_size=2), 5e-4),
+    "l2_conv_module": lambda: P.with_l2(_conv_problem(), 5e-4),
 }
 
 
@@ -86,8 +91,8 @@ def test_user_lambdas_pickle_with_cloudpickle():
     assert torch.equal(cloudpickle.loads(cloudpickle.dumps(fs)).grad(x), fs.grad(x))
 
 
-def test_methods_sde_models_and_trajectories_pickle(method_rows, tmp_path):
-    for method in method_rows:
+def test_methods_sde_models_and_trajectories_pickle(tmp_path):
+    for method in methods():  # every row of the method table
         for dumps, loads in [(pickle.dumps, pickle.loads), (cloudpickle.dumps, cloudpickle.loads)]:
             assert loads(dumps(method)) == method
     prob = P.linear_regression(n=8, d=3, batch_size=2)

@@ -117,8 +117,8 @@ def _in_this_process(executor: Any) -> bool:
         return False
     if isinstance(executor, cf.ThreadPoolExecutor):
         return True
-    try:
-        return executor.submit(_pid).result() == os.getpid()
+    try:  # a timeout: its threads may all be waiting for the lock this thread holds
+        return executor.submit(_pid).result(timeout=10) == os.getpid()
     except Exception:  # cannot tell: assume it may be threads here (running inline is always correct)
         return True
 

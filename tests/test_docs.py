@@ -91,6 +91,7 @@ class Reader(HTMLParser):
         self.nested_quotes = 0
         self.figures: list[tuple[str | None, str]] = []  # (href of the enclosing link, img src)
         self.links: list[str | None] = []  # hrefs of the open <a> elements
+        self.paragraphs: list[str] = []  # the prose of each <p>, for Markdown lists run into a paragraph
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -113,6 +114,8 @@ class Reader(HTMLParser):
         self.stack.append((tag, in_math or is_math, in_code or tag in OPAQUE))
         if tag == "a":
             self.links.append(attrs.get("href"))
+        if tag == "p":
+            self.paragraphs.append("")
 
     def handle_endtag(self, tag):
         if tag in VOID:
@@ -130,6 +133,8 @@ class Reader(HTMLParser):
             self.math[-1] += data
         elif not in_code:
             self.prose.append(data)
+            if any(t == "p" for t, _, _ in self.stack):
+                self.paragraphs[-1] += data
 
 
 def read(page: Path) -> Reader:
@@ -141,6 +146,7 @@ def read(page: Path) -> Reader:
 RAW_TEX = re.compile(r"\\[(\[]")                   # \( or \[ left for the reader
 LITERAL_DOLLARS = re.compile(r"\$[^$\n]{1,200}\$")  # $...$ that arithmatex did not take (e.g. "\Vert $")
 REST_ROLE = re.compile(r":(?:math|class|func|meth|mod|attr|data|obj|exc):")
+LIST_IN_PARAGRAPH = re.compile(r"\n[ \t]*[-*] \S")  # a list with no blank line before it stays text
 DOCTEST_PROMPT = re.compile(r"(^|\n)\s*(>>>|\.\.\.\s)")
 
 
@@ -159,6 +165,8 @@ def test_math_only_inside_math_containers(site):
             n_math += 1
             if not ((tex.startswith("\\(") and tex.endswith("\\)")) or (tex.startswith("\\[") and tex.endswith("\\]"))):
                 problems.append(f"{page.name}: math container without delimiters: {tex[:80]!r}")
+        problems += [f"{page.name}: a Markdown list run into a paragraph: {p[:120]!r}"
+                     for p in reader.paragraphs if LIST_IN_PARAGRAPH.search(p)]
     assert not problems, "\n".join(problems[:20])
     assert n_math > 500  # the math page alone has hundreds: the containers were found
 

@@ -7,7 +7,8 @@ import torch
 
 import sde_sam as ss
 from sde_sam import autodiff, theory
-from sde_sam.drift import effective_grads, usam_minibatch_drift
+from sde_sam.drift import model_gradients, usam_minibatch_drift
+from sde_sam.solvers import TwoDraw
 
 f64 = torch.float64
 
@@ -115,7 +116,7 @@ def test_usam_minibatch_drift_equals_enumeration_over_batches(replacement):
     batches = torch.tensor(list(batches))
     N = batches.shape[0]
     xr = x.repeat_interleave(N, 0)
-    _, G, _ = effective_grads(prob, ss.USAM(0.1, rho), xr, batches.repeat(2, 1), order=1, eps=1e-12)
+    _, G, _ = model_gradients(prob, ss.USAM(0.1, rho), xr, batches.repeat(2, 1), order=1, eps=1e-12)
     brute = -G.view(2, N, -1).mean(1)
     assert torch.allclose(usam_minibatch_drift(prob, x, rho), brute, atol=1e-12)
     assert torch.allclose(ss.sde_model(prob, ss.USAM(0.1, rho), order=1).drift(x), brute, atol=1e-12)
@@ -186,7 +187,7 @@ def test_native_solver_agrees_with_torchsde():
     prob = ss.problems.linear_regression(n=16, d=2, batch_size=1)
     sde = ss.sde_model(prob, ss.SAM(0.1, 0.2), order=1)
     # native: the two-draw weak scheme (MATH §4.1); torchsde: the stateless exact enumeration
-    assert (sde.mode, sde.stateless_mode) == ("two_draw", "enumerate")
+    assert (sde.expectation_mode, sde.stateless_mode) == ("two_draw", "enumerate")
     x0 = torch.tensor([1.0, -1.0], dtype=f64)
     kw = dict(t1=0.5, dt=0.01, n_paths=4000, record_every=50, observables=[lambda x: x[:, 0], lambda x: x[:, 1]])
     a = ss.simulate(sde, x0, seed=0, **kw)
@@ -301,7 +302,7 @@ def test_paper_diffusion_noise_dimension_is_d_when_d_exceeds_the_draws(batch_siz
     # d = 6 > n = 3 enumerated samples (B = 1), or > K = 4 sampled batches: the paper factor is (d, d).
     prob = ss.problems.teacher_student(n=3, d_in=2, width=2, batch_size=batch_size)
     sde = ss.sde_model(prob, ss.SAM(0.1, 0.2), order=1, diffusion="paper", expectation=expectation)
-    assert sde.noise_dim == prob.d == 6 and sde.mode in ("enumerate", "sampled")
+    assert sde.noise_dim == prob.d == 6 and sde.expectation_mode in ("enumerate", "sampled")
     x = prob.x_init.expand(3, -1).clone()
     assert sde.g(0.0, x).shape == (3, prob.d, prob.d)
     sol = ss.simulate(sde, prob.x_init, t1=0.05, dt=0.01, n_paths=8, seed=0)
@@ -333,8 +334,8 @@ def test_momentum_two_draw_step_is_scaled():
     prob = ss.problems.teacher_student(n=6, d_in=1, width=2)
     x = prob.x_init.expand(2, -1).clone()
     rand = ss.sde_model(prob, ss.SAM(0.1, 0.2)).sampler()((2,), torch.Generator().manual_seed(0))
-    plain = ss.sde_model(prob, ss.SAM(0.1, 0.2)).terms(x, rand, None, dt=0.01)
-    mom = ss.sde_model(prob, ss.SAM(0.1, 0.2, momentum=0.5)).terms(x, rand, None, dt=0.01)
+    plain = TwoDraw().terms(ss.sde_model(prob, ss.SAM(0.1, 0.2)), x, rand, None, dt=0.01)
+    mom = TwoDraw().terms(ss.sde_model(prob, ss.SAM(0.1, 0.2, momentum=0.5)), x, rand, None, dt=0.01)
     for a, b in zip(mom, plain):
         assert torch.allclose(a, 2 * b, atol=1e-14)
 

@@ -8,7 +8,8 @@ import scipy.sparse as sparse
 import torch
 
 import sde_sam as ss
-from sde_sam.drift import effective_grads
+from sde_sam.drift import model_gradients
+from sde_sam.solvers import TwoDraw
 
 f64 = torch.float64
 ORDERS = (0, 1, 2, "exact")
@@ -24,8 +25,8 @@ def _increments(sde, x, draws, zeta, v, dt):
     """The scheme's increments ``(P, C, d)`` of ``P`` paths for ``C`` given (γ1, γ2, ζ) each."""
     P, C = x.shape[0], draws.shape[0]
     rep = lambda t: t.repeat_interleave(C, 0)
-    b, noise = sde.terms(rep(x), (draws.repeat(P, *[1] * (draws.ndim - 1)), zeta.repeat(P, 1)),
-                         None if v is None else rep(v), dt=dt)
+    b, noise = TwoDraw().terms(sde, rep(x), (draws.repeat(P, *[1] * (draws.ndim - 1)), zeta.repeat(P, 1)),
+                               None if v is None else rep(v), dt=dt)
     return (dt * b + math.sqrt(dt) * noise).view(P, C, -1)
 
 
@@ -40,7 +41,7 @@ def _em_moments(sde, x, v, dt):
     N = sde.noise_dim
     eye = torch.eye(N, dtype=f64).repeat(P, 1)
     rep = lambda t: t.repeat_interleave(N, 0)
-    b, noise = sde.terms(rep(x), (None, eye), None if v is None else rep(v), mode="enumerate")
+    b, noise = sde.terms(rep(x), (None, eye), None if v is None else rep(v), expectation_mode="enumerate")
     F = noise.view(P, N, d).transpose(1, 2)  # column k is F e_k
     return dt * b.view(P, N, d)[:, 0], dt * F @ F.transpose(1, 2)
 
@@ -67,7 +68,7 @@ def test_one_step_moments_equal_the_enumerated_model_exactly(order, index):
     else:  # dt^2 Cov(G2) + dt(eta - dt) Cov(G1): Euler–Maruyama's up to dt^2 (Cov(G2) - Cov(G1))
         s, n = sde.momentum_scale, prob.n
         xr, vr = x.repeat_interleave(n, 0), v.repeat_interleave(n, 0) if v is not None else None
-        _, G2, G1 = effective_grads(prob, method, xr, torch.arange(n)[:, None].repeat(3, 1), order=2,
+        _, G2, G1 = model_gradients(prob, method, xr, torch.arange(n)[:, None].repeat(3, 1), order=2,
                                     eps=sde.eps, v=vr)
         C2, C1 = (s**2 * _cov(G.view(3, n, -1)) for G in (G2, G1))
         assert torch.allclose(_cov(inc), dt**2 * C2 + dt * (method.lr - dt) * C1, atol=1e-13, rtol=1e-10)
@@ -82,11 +83,11 @@ def test_one_step_moments_by_sampling_minibatches(order):
     method, dt, M = ss.SAM(0.1, 0.3), 0.02, 200_000
     x = prob.x_init[None]
     batches = torch.tensor(list(itertools.product(range(prob.n), repeat=3)))
-    _, G, Gn = effective_grads(prob, method, x.expand(len(batches), -1), batches, order=order, eps=1e-12)
+    _, G, Gn = model_gradients(prob, method, x.expand(len(batches), -1), batches, order=order, eps=1e-12)
     mean = -dt * G.mean(0)
     cov = dt**2 * _cov(G, 0) + dt * (method.lr - dt) * _cov(Gn, 0)
     sde = ss.sde_model(prob, method, order=order)
-    assert sde.mode == "two_draw"
+    assert sde.expectation_mode == "two_draw"
     draws, zeta = sde.sampler()((M,), torch.Generator().manual_seed(0))
     inc = _increments(sde, x, draws, zeta, None, dt)[0]
     se_mean = inc.std(0) / math.sqrt(M)
@@ -105,9 +106,9 @@ def test_one_step_moments_with_gaussian_noise(order):
     method, dt, M = ss.SAM(0.1, 0.3), 0.02, 200_000
     x = torch.tensor([[0.7, -0.4]], dtype=f64)
     sde = ss.sde_model(prob, method, order=order)
-    assert (sde.mode, sde.stateless_mode) == ("two_draw", "sampled")
+    assert (sde.expectation_mode, sde.stateless_mode) == ("two_draw", "sampled")
     gen = torch.Generator().manual_seed(1)
-    _, G, _ = effective_grads(prob, method, x.expand(M, -1), prob.sample_draws((M,), gen), order=order, eps=1e-12)
+    _, G, _ = model_gradients(prob, method, x.expand(M, -1), prob.sample_draws((M,), gen), order=order, eps=1e-12)
     inc = _increments(sde, x, *sde.sampler()((M,), gen), None, dt)[0]
     se = ((inc.var(0) + (dt * G).var(0)) / M).sqrt()
     assert ((inc.mean(0) + dt * G.mean(0)).abs() < 4 * se).all()
@@ -169,8 +170,8 @@ def _gaps(order, dts, h):
     for dt in dts:
         # The scheme is affine in ζ: one evaluation at ζ = 1 per (γ1, γ2) gives every node's branch.
         b, noise = (t.view(len(grid), len(pairs)) for t in
-                    sde.terms(X.repeat_interleave(len(pairs), 0), (pairs.repeat(len(grid), 1, 1),
-                              torch.ones(len(grid) * len(pairs), 1, dtype=f64)), None, dt=dt))
+                    TwoDraw().terms(sde, X.repeat_interleave(len(pairs), 0), (pairs.repeat(len(grid), 1, 1),
+                                    torch.ones(len(grid) * len(pairs), 1, dtype=f64)), None, dt=dt))
         targets = X[:, :, None] + dt * b[:, :, None] + math.sqrt(dt) * noise[:, :, None] * z
         two_draw = _expectations(_transition(grid, targets.flatten(1).numpy(), w), grid, round(T / dt))
         targets = X + dt * drift + math.sqrt(dt) * sigma * z
@@ -225,7 +226,7 @@ def test_auto_picks_the_cheapest_way(problem, method, kwargs, mode):
              "b4": lambda: ss.problems.teacher_student(n=16, d_in=1, width=2, batch_size=4),
              "b4_n6": lambda: ss.problems.teacher_student(n=6, d_in=1, width=2, batch_size=4),
              "full": lambda: ss.problems.teacher_student(n=6, d_in=1, width=2, batch_size=6, replacement=False)}
-    assert ss.sde_model(probs[problem](), method, **kwargs).mode == mode
+    assert ss.sde_model(probs[problem](), method, **kwargs).expectation_mode == mode
 
 
 def test_two_draw_needs_dt_below_lr_and_the_factor_form():
@@ -235,8 +236,10 @@ def test_two_draw_needs_dt_below_lr_and_the_factor_form():
         ss.simulate(sde, prob.x_init, t1=0.2, dt=0.1)
     with pytest.raises(ValueError, match="'paper' diffusion is not one"):
         ss.sde_model(prob, ss.SAM(0.1, 0.2), expectation="two_draw", diffusion="paper")
-    with pytest.raises(ValueError, match="needs 0 < dt < lr"):
-        sde.terms(prob.x_init[None], sde.sampler()((1,), torch.Generator()), None)
+    with pytest.raises(ValueError, match=r"needs 0 < dt < 0.1 \(lr"):
+        TwoDraw().terms(sde, prob.x_init[None], sde.sampler()((1,), torch.Generator()), None, dt=0.1)
+    with pytest.raises(ValueError, match="two draws per step are a scheme"):
+        sde.terms(prob.x_init[None], sde.sampler()((1,), torch.Generator()), None, expectation_mode="two_draw")
 
 
 def test_two_draw_is_reproducible_and_chunk_independent():

@@ -128,7 +128,32 @@ def test_split_gap_uses_the_other_half():
     out = est.split_gap(times, a, np.full(3, 0.1), b, np.full(3, 0.2))
     # A picks t=0.2 (sign +): B's value there is 3; B picks t=0.1 (sign −): A's value there, signed, is −1.
     assert out["time"] == 0.2 and out["time_b"] == 0.1
-    assert out["gap"] == pytest.approx(0.5 * (3.0 - 1.0)) and out["gap_se"] == pytest.approx(0.5 * math.hypot(0.2, 0.1))
+    assert out["gap"] == pytest.approx(0.5 * (3.0 - 1.0))
+    # The SE repeats the selection (a parametric bootstrap, deterministic): not below the independent-halves
+    # formula by more than the bootstrap's own error, and at most the perfectly-correlated bound plus it.
+    assert out["gap_se"] == est.split_gap(times, a, np.full(3, 0.1), b, np.full(3, 0.2))["gap_se"]
+    assert 0.9 * 0.5 * math.hypot(0.2, 0.1) < out["gap_se"] < 1.1 * 0.5 * (0.2 + 0.1)
+
+
+def test_cross_fit_se_limits():
+    """One time: no selection, the independent-halves SE exactly. A sharp, resolved peak: the selection is
+    fixed, so the same within the bootstrap's error. Pure noise at one effectively shared time (halves'
+    noises perfectly correlated over time): the two estimates are |g_A|·|g_B|-correlated, E = 2/π, so the
+    SE is sqrt((1 + 2/π)/2) of the perfectly-correlated bound."""
+    se = np.full(40, 0.1)
+    assert est.cross_fit_se(np.array([1.0]), se[:1], np.array([1.1]), se[:1]) == pytest.approx(0.5 * math.hypot(0.1, 0.1))
+    rng = np.random.default_rng(0)
+    peak = 5.0 * np.exp(-0.5 * ((np.arange(40) - 20) / 2.0) ** 2)
+    ga, gb = peak + 0.1 * rng.standard_normal(40), peak + 0.1 * rng.standard_normal(40)
+    assert est.cross_fit_se(ga, se, gb, se) == pytest.approx(0.5 * math.hypot(0.1, 0.1), rel=0.1)
+    # Null, one shared time: the estimator's sd over many draws against cross_fit_se on each.
+    draws = rng.standard_normal((2000, 2))
+    ests = 0.5 * (np.sign(draws[:, 0]) * draws[:, 1] + np.sign(draws[:, 1]) * draws[:, 0])
+    assert ests.std() == pytest.approx(math.sqrt((1 + 2 / math.pi) / 2), rel=0.05)
+    flat = np.ones(40)
+    ses = [est.cross_fit_se(0.1 * d[0] * flat + 1e-6 * rng.standard_normal(40), se,
+                            0.1 * d[1] * flat + 1e-6 * rng.standard_normal(40), se) for d in draws[:100]]
+    assert np.mean(ses) == pytest.approx(0.1 * math.sqrt((1 + 2 / math.pi) / 2), rel=0.1)
 
 
 def test_ci_rule_is_continuous_and_scales_with_lack_of_fit():

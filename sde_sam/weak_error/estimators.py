@@ -35,11 +35,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import signal, stats
 
 FLOOR = 3.0
 """A gap below ``FLOOR`` standard errors is indistinguishable from Monte-Carlo noise (MATH §5)."""
 Z975 = float(stats.norm.ppf(0.975))
+BOOTSTRAP_DRAWS = 400
+"""Draws of the parametric bootstrap behind the cross-fitted gap's SE (its own relative error: ~3.5%)."""
+BOOTSTRAP_SEED = 20_240_601
+SHRINK = 1.0
+"""The bootstrap's true gap: the full-sample gap soft-thresholded at ``SHRINK`` of its SEs (chosen by measurement)."""
 
 
 class MonteCarloFloorError(ValueError):
@@ -58,19 +63,29 @@ class MonteCarloFloorError(ValueError):
 
 @dataclass(frozen=True)
 class OrderFit:
-    r"""The fitted weak order: :math:`\log\hat G(\eta) = a + \alpha\log\eta`.
+    r"""A fitted weak order (:mod:`sde_sam.weak_error.order`): :math:`\log\hat G(\eta) = a + \alpha\log\eta`
+    (+ correction terms in :math:`\eta/\eta_{\max}` when ``targets == "order"``).
 
     Attributes:
         test_function, model: What was fitted.
-        slope: :math:`\alpha`; ``ci_low``/``ci_high`` its 95% interval (NaN in exact mode: no noise).
+        slope: The estimate; ``ci_low``/``ci_high`` its 95% interval (NaN in exact mode: no noise).
         intercept: :math:`a`.
-        slope_se: Standard error of the slope, scale factor included (NaN in exact mode).
-        dof: Residual degrees of freedom (points − 2).
-        fit: ``"wls"`` (Monte Carlo) or ``"exact"`` (OLS through exact points).
+        slope_se: Standard error of the slope, scale factor (and model spread) included (NaN in exact mode).
+        dof: Residual degrees of freedom (points − fitted coefficients).
+        fit: ``"wls"`` (the secant, Monte Carlo), ``"corrected"`` (with correction terms) or ``"exact"``.
         points: The per-lr gaps used: lr, rho, time, gap, gap_se, abs_gap, ...
-        note: How the interval was obtained.
-        scale: The lack-of-fit factor :math:`\max(1, \sqrt{\chi^2/(m-2)})` (1 with 2 points or in exact mode).
-        local_slopes: Exact mode: slopes between consecutive lrs (``lr_high, lr_low, slope``); else ``None``.
+        note: How the estimate and its interval were obtained, and what they target.
+        scale: The lack-of-fit factor :math:`\max(1, \sqrt{\chi^2/\mathrm{dof}})` (1 without dof or in exact mode).
+        local_slopes: Slopes between consecutive lrs (``lr_high, lr_low, slope``, and in Monte Carlo
+            ``slope_se, ci_low, ci_high``), from large to small lr.
+        targets: ``"order"`` (the interval targets the order p) or ``"secant"`` (the grid's secant slope).
+        pre_asymptotic: The local slopes disagree beyond their errors (the secant is not the order).
+        local_chi2: :math:`\chi^2/(m-2)` of the straight line (NaN with 2 points or in exact mode).
+        corrections: Coefficients of :math:`(\eta/\eta_{\max})^j` in the log-gap (``targets == "order"``).
+        lr_max: :math:`\eta_{\max}` of the corrections.
+        near_floor: Learning rates whose gap is below ``NEAR_FLOOR`` (5) SEs: passed the floor partly by luck, so
+            the slope is biased low there (selection at the floor).
+        excluded: ``(lr, reason)`` pairs left out of the fit (most paths diverged).
     """
 
     test_function: str
@@ -86,6 +101,13 @@ class OrderFit:
     note: str = ""
     scale: float = 1.0
     local_slopes: pd.DataFrame | None = field(default=None, repr=False)
+    targets: str = "secant"
+    pre_asymptotic: bool = False
+    local_chi2: float = math.nan
+    corrections: tuple = ()
+    lr_max: float = math.nan
+    near_floor: tuple = ()
+    excluded: tuple = ()
 
     @property
     def inconclusive(self) -> bool:
@@ -94,14 +116,41 @@ class OrderFit:
             return False
         return (self.ci_low <= 0.5 and self.ci_high >= 1.0) or self.ci_high - self.ci_low > 1.0
 
+    def curve(self, lr: np.ndarray) -> np.ndarray:
+        """The fitted gap at ``lr`` (the line, with its correction terms)."""
+        lr = np.asarray(lr, dtype=float)
+        log = self.intercept + self.slope * np.log(lr)
+        for j, c in enumerate(self.corrections, start=1):
+            log = log + c * (lr / self.lr_max) ** j
+        return np.exp(log)
+
+    def flags(self) -> list[str]:
+        """The warnings that go with the estimate (pre-asymptotic, near the floor, excluded lrs)."""
+        out = []
+        if self.pre_asymptotic:
+            local = ", ".join(f"{s:.2f}" for s in self.local_slopes["slope"])
+            out.append(f"pre-asymptotic: local slopes {local} (large to small lr) disagree beyond their errors, "
+                       f"χ²/(m−2) = {self.local_chi2:.1f}" + ("; the secant is not the order" if self.targets == "secant"
+                                                                else ""))
+        if self.near_floor:
+            out.append(f"near the MC floor at lr={', '.join(f'{lr:g}' for lr in self.near_floor)} (gap < "
+                       "5 SE): such points passed the floor partly by luck, so the slope is biased low; more paths")
+        for lr, why in self.excluded:
+            out.append(f"lr={lr:g} left out: {why}")
+        return out
+
     def __str__(self) -> str:
-        head = f"{self.model}, {self.test_function}: slope {self.slope:.3f}"
+        what = "order" if self.targets == "order" else "slope"
+        head = f"{self.model}, {self.test_function}: {what} {self.slope:.3f}"
         if self.fit == "exact":
             local = ", ".join(f"{s:.3f}" for s in self.local_slopes["slope"])
             return f"{head} (exact moments, no CI; local slopes {local} from large to small lr)"
         flag = "  [inconclusive: the CI does not separate 1/2 from 1]" if self.inconclusive else ""
-        return (f"{head}, 95% CI [{self.ci_low:.3f}, {self.ci_high:.3f}] ({self.fit}, {len(self.points)} lrs)"
-                f"{flag}")
+        how = ("with a correction term, targets the order p" if self.targets == "order"
+               else "the grid's secant slope")
+        extra = "".join(f"  [{f}]" for f in self.flags())
+        return (f"{head}, 95% CI [{self.ci_low:.3f}, {self.ci_high:.3f}] ({self.fit}, {len(self.points)} lrs; {how})"
+                f"{flag}{extra}")
 
 
 def split_gap(times: np.ndarray, gap_a: np.ndarray, se_a: np.ndarray, gap_b: np.ndarray,
@@ -109,9 +158,10 @@ def split_gap(times: np.ndarray, gap_a: np.ndarray, se_a: np.ndarray, gap_b: np.
     """The cross-fitted gap of one (lr, model, test function) from the two halves' per-time gaps (t > 0).
 
     Returns:
-        ``time`` (chosen on half A), ``time_b`` (chosen on half B), ``gap`` and ``gap_se`` (see the module).
+        ``time`` (chosen on half A), ``time_b`` (chosen on half B), ``gap`` and ``gap_se`` (the selection-aware
+        SE of :func:`cross_fit_se`; see the module).
     """
-    ok = np.isfinite(gap_a) & np.isfinite(gap_b)
+    ok = np.isfinite(gap_a) & np.isfinite(gap_b) & np.isfinite(se_a) & np.isfinite(se_b)
     if not ok.any():
         return {"time": math.nan, "time_b": math.nan, "gap": math.nan, "gap_se": math.nan}
     idx = np.flatnonzero(ok)
@@ -120,7 +170,43 @@ def split_gap(times: np.ndarray, gap_a: np.ndarray, se_a: np.ndarray, gap_b: np.
     est_a = np.sign(gap_a[ka]) * gap_b[ka]  # time and direction from A, value from B
     est_b = np.sign(gap_b[kb]) * gap_a[kb]
     return {"time": float(times[ka]), "time_b": float(times[kb]), "gap": 0.5 * float(est_a + est_b),
-            "gap_se": 0.5 * math.hypot(float(se_b[ka]), float(se_a[kb]))}
+            "gap_se": cross_fit_se(gap_a[idx], se_a[idx], gap_b[idx], se_b[idx])}
+
+
+def _cross_fit(ga: np.ndarray, gb: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Cross-fitted gaps of ``(draws, K)`` half-gaps, less the target at the chosen times (signed as chosen)."""
+    ka, kb = np.abs(ga).argmax(axis=-1)[:, None], np.abs(gb).argmax(axis=-1)[:, None]
+    sa, sb = np.sign(np.take_along_axis(ga, ka, -1)), np.sign(np.take_along_axis(gb, kb, -1))
+    est = sa * (np.take_along_axis(gb, ka, -1) - target[ka]) + sb * (np.take_along_axis(ga, kb, -1) - target[kb])
+    return 0.5 * est[:, 0]
+
+
+def cross_fit_se(gap_a: np.ndarray, se_a: np.ndarray, gap_b: np.ndarray, se_b: np.ndarray, *,
+                 draws: int = BOOTSTRAP_DRAWS, shrink: float = SHRINK) -> float:
+    r"""Standard error of the cross-fitted gap, the selection repeated (a parametric bootstrap) [derived].
+
+    The halves' noises are independent Gaussian processes over the recorded times with the SEs given and,
+    within a half, the correlation between consecutive times of an AR(1) process, :math:`r`, estimated from
+    the standardised difference of the halves :math:`u_k = (\hat g^A_k-\hat g^B_k)/\sqrt{se^{A\,2}_k+se^{B\,2}_k}`
+    (pure noise whatever the true gap). The true gap is replaced by the full-sample gap soft-thresholded at
+    ``shrink`` of its SEs (so that a null study is bootstrapped as a null study, not around its own noise).
+    ``draws`` pairs of halves are drawn from that law with a fixed seed (the SE is a deterministic function of
+    the table), the selection is repeated on each, and the SE is the sd of the cross-fitted gap less its target
+    at the chosen times. One time: no selection, :math:`	frac12\sqrt{se_A^2+se_B^2}`.
+    """
+    s = np.hypot(se_a, se_b)
+    k = len(s)
+    if k == 1 or not (s > 0).all():
+        return 0.5 * float(s[0]) if k == 1 else 0.5 * float(np.hypot(se_b[np.abs(gap_a).argmax()],
+                                                                     se_a[np.abs(gap_b).argmax()]))
+    u = (gap_a - gap_b) / s
+    r = float(np.clip((u[1:] * u[:-1]).sum() / (u * u).sum(), 0.0, 0.99)) if k > 2 else 0.0
+    full = 0.5 * (gap_a + gap_b)
+    target = np.sign(full) * np.maximum(np.abs(full) - shrink * 0.5 * s, 0.0)
+    z = np.random.default_rng(BOOTSTRAP_SEED).standard_normal((2, draws, k))
+    z[..., 0] /= math.sqrt(1.0 - r * r)  # a stationary start
+    e = signal.lfilter([math.sqrt(1.0 - r * r)], [1.0, -r], z, axis=-1)  # AR(1), unit variance
+    return float(_cross_fit(target + e[0] * se_a, target + e[1] * se_b, target).std(ddof=1))
 
 
 def fit_wls(x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> dict:

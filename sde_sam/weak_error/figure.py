@@ -35,7 +35,8 @@ def _title(study) -> str:
 
 def plot_study(study, test_fns: Sequence[str]):
     """Log-log figure of the gap against lr, one panel per test function, one hue per model: SE error bars,
-    the fitted lines (an inconclusive interval is marked), the reference slopes 1 and 1/2 drawn below the data,
+    the fitted curves (:meth:`OrderFit.curve`; an inconclusive interval dotted, a pre-asymptotic or near-floor fit
+    marked in the legend), lrs where most paths diverged left out, the reference slopes 1 and 1/2 drawn below the data,
     points under the Monte-Carlo floor circled (one legend entry), the legend below the axes, outside the data.
 
     Returns:
@@ -47,6 +48,8 @@ def plot_study(study, test_fns: Sequence[str]):
     from matplotlib.lines import Line2D
 
     pts = study.max_gaps()
+    surv = study.survival()
+    diverged = surv.loc[surv["mostly_diverged"], "lr"].unique().tolist()
     models = study.models
     palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
     fig = matplotlib.figure.Figure(figsize=(4.4 * len(test_fns) + 0.4, 5.6), layout="constrained")
@@ -54,7 +57,7 @@ def plot_study(study, test_fns: Sequence[str]):
     for ax, tf in zip(axes, test_fns):
         any_floor = False
         sub = pts[pts["test_function"] == tf]
-        shown = sub[sub["gap"] > 0]
+        shown = sub[(sub["gap"] > 0) & ~sub["lr"].isin(diverged)]  # a NaN gap or a diverged lr is not drawn
         lr = np.geomspace(sub["lr"].min(), sub["lr"].max(), 50)
         handles = []
         for m in models:
@@ -69,10 +72,12 @@ def plot_study(study, test_fns: Sequence[str]):
                 if fit.fit == "exact":
                     label = f"{m}: slope {fit.slope:.2f} (exact)"
                 else:
-                    label = f"{m}: slope {fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"
+                    what = "order" if fit.targets == "order" else "secant slope"
+                    label = f"{m}: {what} {fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"
                     label += " inconclusive" if fit.inconclusive else ""
-                ax.plot(lr, np.exp(fit.intercept) * lr**fit.slope, color=palette[m],
-                        ls=":" if fit.inconclusive else "-")
+                    label += " pre-asymptotic" if fit.pre_asymptotic else ""
+                    label += " near MC floor" if fit.near_floor else ""
+                ax.plot(lr, fit.curve(lr), color=palette[m], ls=":" if fit.inconclusive else "-")
             except ValueError as err:
                 label = f"{m}: no slope ({'MC floor' if isinstance(err, MonteCarloFloorError) else 'not fitted'})"
             handles.append(Line2D([], [], color=palette[m], marker="o", label=label))

@@ -119,9 +119,8 @@ def plan(problem: Problem, method: Method, *, order, diffusion: str, expectation
         cost = problem.n
     else:
         K = expectation if isinstance(expectation, int) else SAMPLED_DEFAULT
-        # The exact mini-batch USAM drift (MATH §3.2) has no weight decay term: sampled then.
         usam = (not isinstance(expectation, int) and isinstance(problem, FiniteSum) and order == 1
-                and affine_coefficient(problem, method, 1) == "usam" and method.weight_decay == 0.0)
+                and affine_coefficient(problem, method, 1) == "usam")
         base = Plan("sampled", "sampled", n_draws=K, usam_drift=usam)
         cost = K * batch
     two = expectation == "two_draw" or (expectation == "auto" and diffusion == "factor" and not base.deterministic

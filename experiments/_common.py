@@ -1,12 +1,12 @@
-"""Small helpers shared by the experiment scripts.
+"""Small helpers shared by the study modules.
 
-Every study is a script ``experiments/<study>.py`` with a frozen-dataclass config (``Config()`` full,
-``Config.quick()`` for CI), a ``run(config, results, *, executor=None)`` that computes and saves, and
-``main(argv=None)``:
+Every study is a module ``experiments.<study>`` (declared in :mod:`experiments.registry`) with a
+frozen-dataclass config (``Config()`` full, ``Config.quick()`` for CI), a ``run(config, results, *,
+executor=None)`` that computes and saves, and ``main(argv=None)``:
 
-    python experiments/<study>.py [--quick] [--results DIR] [--executor {serial,process,ray}] [--workers N]
+    python -m experiments.<study> [--quick] [--results DIR] [--executor {serial,process,ray}] [--workers N]
 
-writes ``DIR/<study>/config.json`` and tidy CSV tables; ``paper_figs/make_figures.py`` draws only from them.
+writes ``DIR/<study>/config.json`` and tidy CSV tables; :mod:`experiments.figures` draws only from them.
 Studies that loop over a grid run it through :func:`run_grid` (``sde_sam.executors.grid``): each cell is a
 module-level function of a JSON-able spec holding everything it computes from, its seed included, so the
 tables are the same bit for bit on any executor; finished cells are kept in ``DIR/<study>/cells/`` and a
@@ -52,12 +52,18 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     return args
 
 
-def study_main(run: Callable, config_cls: type, doc: str, argv: Sequence[str] | None) -> Path:
-    """The ``main(argv)`` every study shares: parse ``--quick``/``--results``/executor flags, then
-    ``run(Config.quick() or Config(), results, executor=...)``."""
-    args = parse_args(argv, doc.splitlines()[0])
+def study_main(name: str, argv: Sequence[str] | None) -> Path:
+    """The ``main(argv)`` every study shares: parse ``--quick``/``--results``/executor flags, then run the
+    registered study ``name`` on its quick or full config.
+
+    The study runs from its package module ``experiments.<name>`` even when its file was started as
+    ``__main__``: its cell functions then pickle by reference under their importable name."""
+    from .registry import get
+
+    study = get(name)
+    args = parse_args(argv, (study.module.__doc__ or study.title).strip().splitlines()[0])
     with executor_from_args(args) as executor:
-        return run(config_cls.quick() if args.quick else config_cls(), args.results, executor=executor)
+        return study.run(study.config("quick" if args.quick else "full"), args.results, executor=executor)
 
 
 @contextlib.contextmanager
@@ -71,11 +77,11 @@ def executor_from_args(args: argparse.Namespace) -> Iterator[Any]:
 
 def run_grid(specs: list[dict], cell_fn: Callable[[dict], pd.DataFrame], *, executor: Any = None,
              out: str | Path | None = None, spec_columns: bool | Sequence[str] = False) -> pd.DataFrame:
-    """``sde_sam.executors.grid`` for a study script: ``cell_fn`` (a module-level function of this script)
-    travels to process or Ray workers by its file path; cells are kept in ``out/cells/``; the table is the
+    """``sde_sam.executors.grid`` for a study: ``cell_fn`` (a module-level function of the study module)
+    travels to process or Ray workers by reference; cells are kept in ``out/cells/``; the table is the
     cells' tables in spec order (spec fields are not added unless asked: the cells return their labels)."""
-    return executors.grid(specs, executors.ScriptFunction(cell_fn), executor=executor, results_dir=out,
-                          progress=None, spec_columns=spec_columns)
+    return executors.grid(specs, cell_fn, executor=executor, results_dir=out, progress=None,
+                          spec_columns=spec_columns)
 
 
 def study_dir(results: str | Path, study: str) -> Path:

@@ -17,7 +17,6 @@ Outputs (``results/eigen_sam/``): ``alignment.csv``, ``alignment_summary.csv``, 
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
-
-import sde_sam as ss  # noqa: E402
-from sde_sam import discrete, theory  # noqa: E402
+import sde_sam as ss
+from sde_sam import discrete, theory
 from sde_sam.methods import power_iteration  # noqa: E402
+
+from experiments import _common
 
 STUDY = "eigen_sam"
 
@@ -205,7 +203,7 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
 
 
 def main(argv=None) -> Path:
-    return _common.study_main(run, Config, __doc__, argv)
+    return _common.study_main(STUDY, argv)
 
 
 if __name__ == "__main__":

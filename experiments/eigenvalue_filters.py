@@ -35,7 +35,6 @@ runs outside the filter, sharpness range).
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +42,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
-
-import sde_sam as ss  # noqa: E402
-from sde_sam import theory  # noqa: E402
+import sde_sam as ss
+from sde_sam import theory
 from sde_sam.spectrum import top_eigenpair_hvp  # noqa: E402
+
+from experiments import _common
 
 STUDY = "eigenvalue_filters"
 F64 = torch.float64
@@ -288,7 +286,7 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
 
 
 def main(argv=None) -> Path:
-    return _common.study_main(run, Config, __doc__, argv)
+    return _common.study_main(STUDY, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ thresholds ``usam_threshold`` :math:`=2/(L+\rho L^2)` and ``gd_threshold`` :math
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import sde_sam as ss
+from sde_sam import theory
 
-import sde_sam as ss  # noqa: E402
-from sde_sam import theory  # noqa: E402
+from experiments import _common
 
 STUDY = "normalization"
 
@@ -98,7 +96,7 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
 
 
 def main(argv=None) -> Path:
-    return _common.study_main(run, Config, __doc__, argv)
+    return _common.study_main(STUDY, argv)
 
 
 if __name__ == "__main__":

@@ -21,18 +21,16 @@ Outputs (``results/saddle_attraction/``):
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import sde_sam as ss
+from sde_sam import theory
 
-import sde_sam as ss  # noqa: E402
-from sde_sam import theory  # noqa: E402
+from experiments import _common
 
 STUDY = "saddle_attraction"
 METHODS = ("SGD", "USAM", "DNSAM", "SAM")
@@ -211,7 +209,7 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
 
 
 def main(argv=None) -> Path:
-    return _common.study_main(run, Config, __doc__, argv)
+    return _common.study_main(STUDY, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ one run), ``drift.csv`` (measured and predicted :math:`y_k`, :math:`\lambda_1` a
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import sde_sam as ss
+from sde_sam import theory
 
-import sde_sam as ss  # noqa: E402
-from sde_sam import theory  # noqa: E402
+from experiments import _common
 
 STUDY = "sam_quadratic"
 
@@ -195,7 +193,7 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
 
 
 def main(argv=None) -> Path:
-    return _common.study_main(run, Config, __doc__, argv)
+    return _common.study_main(STUDY, argv)
 
 
 if __name__ == "__main__":

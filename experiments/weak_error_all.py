@@ -14,9 +14,6 @@ was refused), ``relative.csv`` (the SAM-SDE paper's relative statistic), ``solve
 """
 from __future__ import annotations
 
-import importlib
-import inspect
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import sde_sam as ss
+from sde_sam import executors
 
-import sde_sam as ss  # noqa: E402
-from sde_sam import executors  # noqa: E402
+from experiments import _common
 
 STUDY = "weak_error_all"
 METHODS = ("SGD", "USAM", "DNSAM", "SAM", "UnifiedSAM", "EigenSAM")
@@ -93,8 +89,6 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
     its cells on ``executor`` (``None``: in this process) and keeps them in
     ``studies/<method>-<config key>/`` (a rerun of the same configuration computes only missing cells)."""
     _common.setup_torch()
-    weak_error = importlib.import_module("sde_sam.weak_error").weak_error
-    accepts = inspect.signature(weak_error).parameters
     out = _common.study_dir(results, STUDY)
     config_key = executors.spec_key(_common._jsonable(cfg))
     f64 = torch.float64
@@ -108,13 +102,12 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
             sampled = name in ("SAM", "UnifiedSAM", "EigenSAM")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # exact mode drops the non-quadratic test function: expected
-                study = weak_error(prob, method, lrs=list(cfg.lrs), horizon=cfg.horizon, x0=x0, n_paths=cfg.n_paths,
-                                   seed=cfg.seed, sde_order=orders,
-                                   rho=None if name == "SGD" else (lambda lr: cfg.rho_coef * lr**0.5),
-                                   dt_ratio=cfg.dt_ratio, expectation=cfg.expectation if sampled else "auto",
-                                   solver_check=cfg.solver_check, progress=False,
-                                   **({"executor": executor} if "executor" in accepts else {}),
-                                   results_dir=out / "studies" / f"{name}-{config_key}")
+                study = ss.weak_error(prob, method, lrs=list(cfg.lrs), horizon=cfg.horizon, x0=x0,
+                                      n_paths=cfg.n_paths, seed=cfg.seed, sde_order=orders,
+                                      rho=None if name == "SGD" else (lambda lr: cfg.rho_coef * lr**0.5),
+                                      dt_ratio=cfg.dt_ratio, expectation=cfg.expectation if sampled else "auto",
+                                      solver_check=cfg.solver_check, progress=False, executor=executor,
+                                      results_dir=out / "studies" / f"{name}-{config_key}")
             label = {"method": name, "mode": study.mode}
             tables.append(study.table.assign(**label))
             gaps.append(study.max_gaps().assign(**label))
@@ -143,7 +136,7 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
 
 
 def main(argv=None) -> Path:
-    return _common.study_main(run, Config, __doc__, argv)
+    return _common.study_main(STUDY, argv)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,26 @@
-"""``sde-sam reproduce``: run the experiment scripts, then draw every figure from their saved results.
+"""``sde-sam reproduce``: run the studies, then draw every figure from their saved results.
 
     sde-sam reproduce {all,<study>} [--quick] [--results DIR] [--figs DIR]
                       [--executor {serial,process,ray}] [--workers N] [--address ADDR] [--fresh]
     python -m sde_sam.reproduce all --quick --workers 2
 
-Each study is ``experiments/<study>.py`` in the source checkout (it writes ``DIR/<study>/config.json`` and
-CSV tables); the figures come from ``paper_figs/make_figures.py``, which reads only those tables, and go to
-``DIR/figs/`` (the committed ``paper_figs/`` is rewritten only with ``--figs paper_figs``). ``--quick`` runs
-the CI-sized configurations (all studies in a few minutes on two CPU cores).
+The studies are those of the registry :data:`experiments.STUDIES` (the package ``experiments`` of the source
+checkout, installed with it by ``pip install -e .``). Each writes ``DIR/<study>/config.json`` and CSV tables;
+the figures come from :mod:`experiments.figures`, which reads only those tables, and go to ``DIR/figs/`` (the
+committed ``paper_figs/`` is rewritten only with ``--figs paper_figs``). ``--quick`` runs the CI-sized
+configurations (all studies in a few minutes on two CPU cores).
 
 The cells of a study's grid run on the chosen executor: in this process (``serial``, the default), on
 ``--workers N`` local processes (``process``), or on a Ray cluster (``ray``: ``--address``, else
 ``RAY_ADDRESS``, else a local cluster of ``--workers`` CPUs). The tables are the same bit for bit either way.
 Finished cells are kept in ``DIR/<study>/cells/``: an interrupted run, rerun, computes only the missing
-cells (``--fresh`` recomputes everything). Needs the repository checkout (the experiment scripts are not
-part of the installed package).
+cells (``--fresh`` recomputes everything).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import importlib.util
-import inspect
 import json
 import multiprocessing
 import os
@@ -30,28 +29,22 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Iterator
-
-STUDIES = ("saddle_attraction", "edge_of_stability", "sam_quadratic", "normalization", "eigen_sam",
-           "weak_error_all", "eigenvalue_filters", "own_model")
-"""The studies, in the order ``all`` runs them."""
 
 EXECUTORS = ("serial", "process", "ray")
 
-ROOT = Path(__file__).resolve().parents[1]
+_MISSING = ("the studies are not importable: `reproduce` needs the package `experiments` of the source "
+            "checkout (pip install -e . there)")
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    """Import a script by path (``experiments/`` and ``paper_figs/`` are not packages)."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: `sde-sam reproduce` needs the source checkout "
-                                f"(experiments/ and paper_figs/ next to the sde_sam package)")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+def _studies() -> tuple[str, ...] | None:
+    """The registered study names, in the order ``all`` runs them; ``None`` when the ``experiments`` package
+    is not importable (an install without the checkout)."""
+    if importlib.util.find_spec("experiments") is None:
+        return None
+    from experiments import NAMES
+
+    return NAMES
 
 
 # -- executors ----------------------------------------------------------------------------------------------
@@ -126,7 +119,9 @@ def open_executor(kind: str = "serial", *, workers: int | None = None, address: 
 
 # -- the command --------------------------------------------------------------------------------------------
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("study", choices=("all",) + STUDIES, help="a study, or all of them")
+    names = _studies()
+    parser.add_argument("study", choices=None if names is None else ("all",) + names,
+                        help="a study, or all of them")
     parser.add_argument("--quick", action="store_true", help="CI-sized configurations (minutes on 2 CPU cores)")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="where the studies write DIR/<study>/ (default: ./results)")
@@ -153,21 +148,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 _EPILOG = """\
-needs the source checkout: experiments/ and paper_figs/ next to the sde_sam package (pip install -e .).
+the studies: the package experiments/ of the source checkout (pip install -e . there).
 figures go to DIR/figs (DIR: --results); --figs paper_figs rewrites the committed ones.
 cells: each study's grid cells run on --executor and are kept in DIR/<study>/cells/; a rerun computes only
 the missing cells (--fresh: all). Examples:
   sde-sam reproduce all --quick                      # serial, figures in results/figs
   sde-sam reproduce all --workers 4                  # 4 local processes
   sde-sam reproduce saddle_attraction --address auto # a running Ray cluster (ray start --head)"""
-
-
-def _run_study(module: ModuleType, quick: bool, results: Path, executor: Any) -> None:
-    """``module.run(config, results, executor=...)``, or ``module.main(argv)`` for a study without cells."""
-    if "executor" in inspect.signature(module.run).parameters:
-        module.run(module.Config.quick() if quick else module.Config(), results, executor=executor)
-    else:
-        module.main((["--quick"] if quick else []) + ["--results", str(results)])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,13 +165,16 @@ def run(args: argparse.Namespace) -> int:
             setattr(args, name, default)
     if parser is not None:
         check_executor_arguments(parser, args)
-        if not (ROOT / "experiments").is_dir():
-            parser.error(f"the experiment scripts are not here: `reproduce` needs the source checkout "
-                         f"(experiments/ and paper_figs/ next to the sde_sam package; pip install -e .), "
-                         f"looked in {ROOT}")
+        if _studies() is None:
+            parser.error(_MISSING)
     elif args.executor is None:
         args.executor = "ray" if args.address else ("process" if args.workers else "serial")
-    studies = STUDIES if args.study == "all" else (args.study,)
+    if _studies() is None:
+        raise ModuleNotFoundError(_MISSING)
+    import experiments
+    from experiments.figures import make_figures
+
+    studies = experiments.NAMES if args.study == "all" else (experiments.get(args.study).name,)
     results = Path(args.results)
     figs = Path(args.figs) if args.figs is not None else results / "figs"
     timings: dict[str, Any] = {}
@@ -193,15 +183,14 @@ def run(args: argparse.Namespace) -> int:
         for study in studies:
             if args.fresh:
                 shutil.rmtree(results / study / "cells", ignore_errors=True)
-            module = _load(ROOT / "experiments" / f"{study}.py", f"_sde_sam_experiment_{study}")
+            entry = experiments.get(study)
             t0 = time.perf_counter()
-            _run_study(module, args.quick, results, executor)
+            entry.run(entry.config("quick" if args.quick else "full"), results, executor=executor)
             timings[study] = round(time.perf_counter() - t0, 1)
             print(f"[reproduce] {study}: {timings[study]:.1f} s", flush=True)
     if not getattr(args, "no_figures", False):
-        figures = _load(ROOT / "paper_figs" / "make_figures.py", "_sde_sam_make_figures")
         t0 = time.perf_counter()
-        paths = figures.make_figures(results, figs, only=list(studies))
+        paths = make_figures(results, figs, only=list(studies))
         timings["figures"] = round(time.perf_counter() - t0, 1)
         print(f"[reproduce] {len(paths)} figures in {timings['figures']:.1f} s -> {figs}")
     timings["total"] = round(time.perf_counter() - start, 1)

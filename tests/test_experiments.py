@@ -1,5 +1,6 @@
-"""The experiment scripts, the figure script and ``sde-sam reproduce``: smoke tests on tiny configurations,
-plus the quantitative done-when checks that are cheap (SAM cycle amplitude, edges of stability)."""
+"""The studies (the registry ``experiments.STUDIES``), their figures and ``sde-sam reproduce``: smoke tests
+on tiny configurations, the registry against its modules, figures, docs and README, plus the quantitative
+done-when checks that are cheap (SAM cycle amplitude, edges of stability)."""
 from __future__ import annotations
 
 import argparse
@@ -7,84 +8,134 @@ import dataclasses
 import importlib.util
 import json
 import multiprocessing
+import pickle
+import re
+import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
+import experiments
+from experiments import figures
 from sde_sam import reproduce, theory
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# study -> CSV tables it must write
-TABLES = {
-    "saddle_attraction": ("distance", "escape"),
-    "edge_of_stability": ("trajectory", "summary"),
-    "sam_quadratic": ("cycle", "cycle_trace", "drift", "drift_summary"),
-    "normalization": ("divergence",),
-    "eigen_sam": ("alignment", "alignment_summary", "sde_orders", "sde_orders_summary"),
-    "weak_error_all": ("table", "max_gaps", "fits", "relative", "cells"),
-}
-FIGURES = ("saddle_attraction", "saddle_escape", "edge_of_stability", "sam_quadratic", "normalization",
-           "eigen_sam", "sde_orders", "weak_error")
-
-
-def load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def experiment(study: str):
-    return load_script(ROOT / "experiments" / f"{study}.py", f"_test_experiment_{study}")
+STUDIES = {study.name: study for study in experiments.STUDIES}
+FIGURES = [figure for study in experiments.STUDIES for figure in study.figures]
 
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory) -> Path:
-    """Every study run once on its tiny configuration into one results directory."""
+    """Every registered study run once on its tiny configuration into one results directory."""
     results = tmp_path_factory.mktemp("results")
-    for study in TABLES:
-        module = experiment(study)
-        out = module.run(module.Config.tiny(), results)
-        assert out == results / study
+    for study in experiments.STUDIES:
+        out = study.run(study.config("tiny"), results)
+        assert out == results / study.name
     return results
 
 
-@pytest.mark.parametrize("study", sorted(TABLES))
+@pytest.mark.parametrize("study", sorted(STUDIES))
 def test_study_writes_tables_and_config(tiny_results, study):
     out = tiny_results / study
     config = json.loads((out / "config.json").read_text())
     assert config["config"] and config["runtime_s"] >= 0
-    for table in TABLES[study]:
+    assert config["config"] == json.loads(json.dumps(dataclasses.asdict(STUDIES[study].config("tiny"))))
+    for table in STUDIES[study].tables:
         frame = pd.read_csv(out / f"{table}.csv")
         assert len(frame) > 0, f"{study}/{table}.csv is empty"
+    assert set(config["files"]) >= {f"{table}.csv" for table in STUDIES[study].tables}
 
 
-@pytest.mark.parametrize("study", sorted(TABLES))
+@pytest.mark.parametrize("study", sorted(STUDIES))
 def test_configs_are_frozen_with_quick_variant(study):
-    module = experiment(study)
-    full, quick = module.Config(), module.Config.quick()
-    assert dataclasses.is_dataclass(full) and full != quick
+    entry = STUDIES[study]
+    full, quick, tiny = entry.config("full"), entry.config("quick"), entry.config("tiny")
+    assert type(full) is type(quick) is type(tiny) is entry.module.Config
+    assert dataclasses.is_dataclass(full) and full != quick and quick != tiny
     with pytest.raises(dataclasses.FrozenInstanceError):
         full.seed = 1  # type: ignore[misc]
 
 
+def test_registry_is_the_one_list_of_studies():
+    """Names unique and importable as ``experiments.<name>``; each figure a function of its figure module;
+    ``reproduce`` offers exactly the registered studies, in registry order."""
+    assert len(set(experiments.NAMES)) == len(experiments.NAMES) == len(experiments.STUDIES)
+    assert len(set(FIGURES)) == len(FIGURES)
+    for study in experiments.STUDIES:
+        assert study.module.__name__ == f"experiments.{study.name}" and callable(study.module.run)
+        assert study.module.STUDY == study.name
+        for figure in study.figures:
+            assert callable(getattr(study.figure_module, figure))
+    sub = argparse.ArgumentParser(prog="sde-sam").add_subparsers(dest="command")
+    study_action = next(a for a in reproduce.add_parser(sub)._actions if a.dest == "study")
+    assert tuple(study_action.choices) == ("all",) + experiments.NAMES
+    with pytest.raises(ValueError, match=r"`name` must be one of .*got name='nope'"):
+        experiments.get("nope")
+    with pytest.raises(ValueError, match=r"`size` must be one of \('full', 'quick', 'tiny'\), got size='big'"):
+        experiments.get("normalization").config("big")
+
+
+def test_docs_nav_and_index_cover_the_registry():
+    """Every registered study has its page in the mkdocs nav and a row in the studies index."""
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8").replace("!!python", "#"))["nav"]
+
+    def pages(entry):
+        if isinstance(entry, str):
+            yield entry
+        elif isinstance(entry, dict):
+            for value in entry.values():
+                yield from pages(value)
+        elif isinstance(entry, list):
+            for value in entry:
+                yield from pages(value)
+
+    in_nav = set(pages(nav))
+    index = (ROOT / "docs" / "studies" / "index.md").read_text(encoding="utf-8")
+    linked = {str((Path("studies") / link).as_posix()).replace("studies/../", "")
+              for link in re.findall(r"\]\(([\w./]+\.md)\)", index)}
+    for study in experiments.STUDIES:
+        assert (ROOT / "docs" / study.doc).exists(), study.doc
+        assert study.doc in in_nav, f"{study.doc} ({study.name}) is not in the mkdocs nav"
+        assert study.doc in linked, f"{study.doc} ({study.name}) has no row in docs/studies/index.md"
+
+
+def test_committed_figures_and_readme_cover_the_registry():
+    """paper_figs/ holds exactly the registered figures; the README shows each of them."""
+    committed = {p.stem for p in (ROOT / "paper_figs").glob("*.png")}
+    assert committed == set(FIGURES)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for figure in FIGURES:
+        assert f"paper_figs/{figure}.png" in readme, figure
+
+
 def test_make_figures_draws_every_png_from_saved_results(tiny_results, tmp_path):
-    figures = load_script(ROOT / "paper_figs" / "make_figures.py", "_test_make_figures")
     paths = figures.make_figures(tiny_results, tmp_path)
-    assert sorted(p.stem for p in paths) == sorted(FIGURES)
+    assert [p.stem for p in paths] == FIGURES
     for p in paths:
-        assert p.suffix == ".png" and p.stat().st_size > 10_000
+        assert p.suffix == ".png" and p.stat().st_size > 10_000 and p.parent == tmp_path
 
 
 def test_make_figures_skips_missing_studies(tmp_path, capsys):
-    figures = load_script(ROOT / "paper_figs" / "make_figures.py", "_test_make_figures")
     assert figures.make_figures(tmp_path / "nothing", tmp_path) == []
     assert "skipped" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"`only` must name studies of .*got \['nope'\]"):
+        figures.make_figures(tmp_path, tmp_path, only=["nope"])
+
+
+def test_paper_figs_script_redraws_into_paper_figs_by_default(tiny_results, tmp_path):
+    """``python paper_figs/make_figures.py`` is the registry's figure command with paper_figs/ as default."""
+    out = subprocess.run([sys.executable, str(ROOT / "paper_figs" / "make_figures.py"), "--results",
+                          str(tiny_results), "--figs", str(tmp_path), "--only", "normalization"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert [p.name for p in tmp_path.glob("*.png")] == ["normalization.png"]
+    help_text = subprocess.run([sys.executable, str(ROOT / "paper_figs" / "make_figures.py"), "--help"],
+                               capture_output=True, text=True, timeout=300).stdout
+    assert str(ROOT / "paper_figs") in " ".join(help_text.split())
 
 
 def test_sam_cycle_amplitude_matches_theory_within_1pct(tiny_results):
@@ -102,7 +153,7 @@ def test_sam_centre_drift_follows_derived_rate(tiny_results):
 
 def test_gd_and_usam_sharpness_settle_at_their_edges(tmp_path):
     """Done-when: late-phase mean lambda_max within 5% of 2/eta (GD) and of the USAM edge (~20 s)."""
-    module = experiment("edge_of_stability")
+    module = STUDIES["edge_of_stability"].module
     cfg = dataclasses.replace(module.Config.quick(), methods=("GD", "USAM"), record_every=25)
     module.run(cfg, tmp_path)
     summary = pd.read_csv(tmp_path / "edge_of_stability" / "summary.csv").set_index("method")
@@ -115,7 +166,7 @@ def test_gd_and_usam_sharpness_settle_at_their_edges(tmp_path):
 
 
 def test_normalization_thresholds(tmp_path):
-    module = experiment("normalization")
+    module = STUDIES["normalization"].module
     cfg = dataclasses.replace(module.Config.tiny(), lr_min=0.3, lr_max=0.9, n_lrs=3, steps=200)
     module.run(cfg, tmp_path)
     div = pd.read_csv(tmp_path / "normalization" / "divergence.csv")
@@ -141,20 +192,28 @@ def test_grid_studies_are_identical_on_a_thread_pool(tiny_results, tmp_path, stu
     """The cells of a study run anywhere: a thread pool writes the same tables, byte for byte. (Not the SDE
     cells of saddle_attraction nor the sharpness of edge_of_stability: torch's forward-mode AD levels are
     process-global, so cells that take ``jvp``s must not share a process; use processes or Ray for those.)"""
-    module = experiment(study)
+    entry = STUDIES[study]
     with ThreadPoolExecutor(2) as pool:
-        module.run(module.Config.tiny(), tmp_path, executor=pool)
-    for table in TABLES[study]:
+        entry.run(entry.config("tiny"), tmp_path, executor=pool)
+    for table in entry.tables:
         assert (tmp_path / study / f"{table}.csv").read_bytes() == (tiny_results / study / f"{table}.csv").read_bytes()
 
 
+def test_study_cells_pickle_by_reference():
+    """A cell function travels to workers as its name ``experiments.<study>.<cell>``, not by value."""
+    cell = STUDIES["normalization"].module.divergence_cell
+    payload = pickle.dumps(cell)
+    assert b"experiments.normalization" in payload and len(payload) < 200
+    assert pickle.loads(payload) is cell
+
+
 def test_study_cells_travel_to_spawned_processes_and_resume(tiny_results, tmp_path):
-    """Cells defined in a script (loaded by path) run in spawned worker processes; a rerun loads them all."""
-    module = experiment("sam_quadratic")
+    """Cells of a study module run in spawned worker processes; a rerun loads them all."""
+    module = STUDIES["sam_quadratic"].module
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         module.run(module.Config.tiny(), tmp_path, executor=pool)
     out = tmp_path / "sam_quadratic"
-    for table in TABLES["sam_quadratic"]:
+    for table in STUDIES["sam_quadratic"].tables:
         assert (out / f"{table}.csv").read_bytes() == (tiny_results / "sam_quadratic" / f"{table}.csv").read_bytes()
     cells = sorted((out / "cells").glob("*.pkl"))
     assert len(cells) == len(module.cycle_specs(module.Config.tiny())) + 1 + len(module.Config.tiny().drift_rhos)
@@ -179,12 +238,24 @@ def test_reproduce_refuses_bad_executor_flags(argv, message, capsys):
     assert message in err, err
 
 
-def test_reproduce_without_checkout_says_so(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+def test_reproduce_without_the_studies_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "experiments", None)  # not importable, as in an install without the checkout
     with pytest.raises(SystemExit) as info:
         reproduce.main(["normalization", "--quick"])
     assert info.value.code == 2
-    assert "needs the source checkout" in capsys.readouterr().err
+    assert "needs the package `experiments` of the source checkout" in capsys.readouterr().err
+
+
+def test_study_module_run_as_a_script_uses_process_workers(tmp_path):
+    """``python -m experiments.<study> --workers 2``: the module runs as ``__main__`` yet its cells reach the
+    spawned workers under their package name, and the tables equal a serial run's."""
+    cmd = [sys.executable, "-m", "experiments.normalization", "--quick", "--results"]
+    for name, extra in (("serial", []), ("process", ["--workers", "2"])):
+        out = subprocess.run(cmd + [str(tmp_path / name), *extra], capture_output=True, text=True, timeout=600,
+                             cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    assert ((tmp_path / "serial" / "normalization" / "divergence.csv").read_bytes()
+            == (tmp_path / "process" / "normalization" / "divergence.csv").read_bytes())
 
 
 def test_reproduce_executor_flags_resolve():

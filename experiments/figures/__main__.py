@@ -1,0 +1,4 @@
+"""``python -m experiments.figures``: see :mod:`experiments.figures`."""
+from experiments.figures import main
+
+main()

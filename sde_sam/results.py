@@ -73,22 +73,51 @@ class Trajectory:
             raise KeyError(f"observable {name!r} was not recorded; recorded: {self.observables}")
         return self.values[name][:, ~self.diverged]
 
+    def _scaled(self, name: str) -> tuple[Tensor, Tensor]:
+        """The kept values divided by a power of two per recording, and that power ``(R, 1)``.
+
+        Dividing by :math:`2^e` is exact, so mean and standard deviation computed on the scaled values and
+        scaled back are the plain ones bit for bit, except that squares of values near the float64 limit
+        (``1e293``: their squares overflow) no longer turn a finite spread into ``inf``.
+        """
+        kept = self._kept(name)
+        top = kept.abs().amax(dim=1, keepdim=True) if kept.shape[1] else torch.ones(kept.shape[0], 1, dtype=kept.dtype)
+        usable = torch.isfinite(top) & (top > 0)
+        scale = torch.ldexp(torch.ones_like(top), torch.frexp(torch.where(usable, top, 1.0)).exponent)
+        return kept / scale, scale
+
     def mean(self, name: str) -> Tensor:
-        """``(R,)`` mean over non-diverged paths."""
-        return self._kept(name).mean(dim=1)
+        """``(R,)`` mean over non-diverged paths (NaN when every path diverged)."""
+        scaled, scale = self._scaled(name)
+        if scaled.shape[1] == 0:
+            return torch.full((scaled.shape[0],), math.nan, dtype=scaled.dtype)
+        return scaled.mean(dim=1) * scale[:, 0]
 
     def var(self, name: str) -> Tensor:
-        """``(R,)`` unbiased variance over non-diverged paths."""
-        return self._kept(name).var(dim=1)
+        """``(R,)`` unbiased variance over non-diverged paths (NaN with fewer than two; may overflow to ``inf``
+        where the spread's square does)."""
+        scaled, scale = self._scaled(name)
+        if scaled.shape[1] < 2:
+            return torch.full((scaled.shape[0],), math.nan, dtype=scaled.dtype)
+        return scaled.var(dim=1) * scale[:, 0] * scale[:, 0]
+
+    def _std(self, name: str) -> Tensor:
+        scaled, scale = self._scaled(name)
+        if scaled.shape[1] < 2:
+            return torch.full((scaled.shape[0],), math.nan, dtype=scaled.dtype)
+        return scaled.std(dim=1) * scale[:, 0]
 
     def sem(self, name: str) -> Tensor:
-        """``(R,)`` standard error of :meth:`mean`."""
-        kept = self._kept(name)
-        n = kept.shape[1]
-        return kept.std(dim=1) / math.sqrt(n) if n > 1 else torch.full_like(kept[:, 0], math.nan)
+        """``(R,)`` standard error of :meth:`mean` (NaN with fewer than two surviving paths); finite for values
+        up to the float64 limit (computed on power-of-two-scaled values, see :meth:`_scaled`)."""
+        n = self.n_paths - self.n_diverged
+        return self._std(name) / math.sqrt(n) if n > 1 else self._std(name)
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy summary: one row per (observable, time) with mean, sem, n_paths, n_diverged."""
+        """Tidy summary: one row per (observable, time) with mean, sem, n_paths (surviving), n_diverged.
+
+        With every path diverged the rows are still there: mean and sem NaN, ``n_paths`` 0 and the count.
+        """
         rows = []
         for name in self.values:
             m, s = self.mean(name).tolist(), self.sem(name).tolist()
@@ -120,13 +149,66 @@ class Trajectory:
 
     @classmethod
     def load(cls, path: str | Path) -> "Trajectory":
-        """Read a file written by :meth:`save` (``weights_only=True``: no arbitrary code is unpickled)."""
-        return cls(**torch.load(Path(path), weights_only=True))
+        """Read a file written by :meth:`save` (``weights_only=True``: no arbitrary code is unpickled).
+
+        Every field is checked (type, shape, agreement on ``n_paths`` and the number of recordings); a file that
+        holds plain data but not such a trajectory is a ``ValueError`` naming the file and the field (objects
+        other than plain data are refused by torch: ``pickle.UnpicklingError``).
+        """
+        path = Path(path)
+        data = torch.load(path, weights_only=True)  # refuses anything but tensors and plain containers
+        return cls(**_checked_fields(data, path))
 
     def __repr__(self) -> str:
         why = f" {self.divergence_counts}" if self.n_diverged else ""
         return (f"Trajectory({self.info.get('kind', '?')}, n_paths={self.n_paths}, n_diverged={self.n_diverged}{why}, "
                 f"records={len(self.times)}, t1={float(self.times[-1]):.4g}, observables={self.observables})")
+
+
+def _checked_fields(data, path: Path) -> dict:
+    """The fields of a loaded trajectory file after checking their types and shapes (see :meth:`Trajectory.load`)."""
+    def bad(field: str, want: str, got) -> ValueError:
+        shown = (f"{type(got).__name__} of shape {tuple(got.shape)}, dtype {got.dtype}" if isinstance(got, Tensor)
+                 else type(got).__name__)
+        return ValueError(f"{path} is not a valid trajectory file: `{field}` must be {want}, got {shown}")
+
+    if not isinstance(data, dict):
+        raise bad("<file>", "a dict of the Trajectory fields", data)
+    names = set(Trajectory.__dataclass_fields__)
+    required = {"times", "values", "x_final", "diverged", "diverged_at"}
+    unknown, missing = sorted(set(data) - names), sorted(required - set(data))
+    if unknown or missing:
+        raise ValueError(f"{path} is not a valid trajectory file: " + "; ".join(
+            ([f"unknown fields {unknown}"] if unknown else []) + ([f"missing fields {missing}"] if missing else [])))
+    times, values, x_final, diverged, at = (data[k] for k in ("times", "values", "x_final", "diverged", "diverged_at"))
+    if not isinstance(diverged, Tensor) or diverged.ndim != 1 or diverged.dtype != torch.bool:
+        raise bad("diverged", "a 1-d bool tensor (one flag per path)", diverged)
+    n = diverged.shape[0]
+    if not isinstance(times, Tensor) or times.ndim != 1 or not times.dtype.is_floating_point:
+        raise bad("times", "a 1-d floating tensor", times)
+    if not isinstance(x_final, Tensor) or x_final.ndim != 2 or x_final.shape[0] != n \
+            or not x_final.dtype.is_floating_point:
+        raise bad("x_final", f"a floating (n_paths, d) tensor with n_paths={n}", x_final)
+    if not isinstance(at, Tensor) or tuple(at.shape) != (n,) or not at.dtype.is_floating_point:
+        raise bad("diverged_at", f"a floating ({n},) tensor", at)
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        raise bad("values", "a dict from observable names to tensors", values)
+    for key, v in values.items():
+        if not isinstance(v, Tensor) or tuple(v.shape) != (times.shape[0], n) or not v.dtype.is_floating_point:
+            raise bad(f"values[{key!r}]", f"a floating (records, n_paths) = ({times.shape[0]}, {n}) tensor", v)
+    guard = data.get("guard_count", 0)
+    if isinstance(guard, bool) or not isinstance(guard, int) or guard < 0:
+        raise bad("guard_count", "an integer >= 0", guard)
+    if not isinstance(data.get("info", {}), dict):
+        raise bad("info", "a dict", data["info"])
+    draws = data.get("draws")
+    if draws is not None and not isinstance(draws, Tensor) and not (
+            isinstance(draws, (tuple, list)) and all(isinstance(t, Tensor) for t in draws)):
+        raise bad("draws", "None, a tensor or a tuple of tensors", draws)
+    reasons = data.get("diverged_reason")
+    if reasons is not None and (not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons)):
+        raise bad("diverged_reason", "a list of strings (one per path)", reasons)
+    return {**data, "draws": tuple(draws) if isinstance(draws, list) else draws}
 
 
 def _plain(obj):

@@ -121,10 +121,38 @@ class _ConvNet(torch.nn.Module):
         return self.fc(h.flatten(1))
 
 
+class _DirectNorms(torch.nn.Module):
+    """Calls torch.layer_norm and torch.instance_norm directly (not through torch.nn.functional), with learned
+    affine parameters: the exact-formula substitution must reach this level too (issue 19)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(64, 6)
+        self.ln_w, self.ln_b = torch.nn.Parameter(1 + 0.3 * torch.randn(6)), torch.nn.Parameter(0.1 * torch.randn(6))
+        self.in_w, self.in_b = torch.nn.Parameter(1 + 0.3 * torch.randn(2)), torch.nn.Parameter(0.1 * torch.randn(2))
+        self.fc2 = torch.nn.Linear(6, 10)
+
+    def forward(self, a):
+        h = torch.layer_norm(self.fc1(a), (6,), self.ln_w, self.ln_b, 1e-5)
+        h = torch.instance_norm(h.reshape(-1, 2, 3), self.in_w, self.in_b, None, None, True, 0.1, 1e-5, False)
+        return self.fc2(torch.tanh(h.reshape(-1, 6)))
+
+
+class _ViaFunctional(_DirectNorms):
+    """The same model through torch.nn.functional (the level substituted before)."""
+
+    def forward(self, a):
+        h = F.layer_norm(self.fc1(a), (6,), self.ln_w, self.ln_b, 1e-5)
+        h = F.instance_norm(h.reshape(-1, 2, 3), weight=self.in_w, bias=self.in_b, eps=1e-5)
+        return self.fc2(torch.tanh(h.reshape(-1, 6)))
+
+
 def _module(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     nn = torch.nn
     models = {
+        "direct_norms": _DirectNorms,
+        "via_functional": _ViaFunctional,
         "linear": lambda: nn.Linear(64, 10),
         "tanh_mlp": lambda: nn.Sequential(nn.Linear(64, 6), nn.Tanh(), nn.Linear(6, 10)),
         "layernorm_mlp": lambda: nn.Sequential(nn.Linear(64, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 10)),
@@ -139,7 +167,7 @@ def _module(name: str) -> torch.nn.Module:
     return model
 
 
-MODULES = ["linear", "tanh_mlp", "layernorm_mlp", "conv", "eval_batchnorm_mlp"]
+MODULES = ["linear", "tanh_mlp", "layernorm_mlp", "conv", "eval_batchnorm_mlp", "direct_norms"]
 
 
 def _at(model: torch.nn.Module, x1: torch.Tensor) -> torch.nn.Module:
@@ -193,7 +221,7 @@ def test_from_module_matches_autograd_on_the_module(name):
     assert torch.equal(torch.nn.utils.parameters_to_vector(prob.to_module(x[0]).parameters()), x[0])
 
 
-@pytest.mark.parametrize("name", ["layernorm_mlp", "eval_batchnorm_mlp"])
+@pytest.mark.parametrize("name", ["layernorm_mlp", "eval_batchnorm_mlp", "direct_norms"])
 def test_from_module_third_derivatives_match_finite_differences(name):
     """Order-2 drifts need nabla^3 f[u, w]; normalisation layers are written out so it is right."""
     model = _module(name)
@@ -369,6 +397,79 @@ def test_squared_and_huber_losses_have_exact_hvps(loss_fn):
         torch.testing.assert_close(prob.loss(x)[p], loss.detach(), rtol=0, atol=1e-12)
         torch.testing.assert_close(prob.grad(x)[p], g.detach(), rtol=0, atol=1e-12)
         torch.testing.assert_close(prob.hvp(x, v)[p], hv, rtol=0, atol=1e-12)
+
+
+def test_torch_level_norms_give_the_order_2_drift_of_the_functional_ones():
+    """A model calling torch.layer_norm / torch.instance_norm directly has the order-2 drift of the same model
+    written with torch.nn.functional (the level substituted before); unsubstituted it was ~3% off (issue 19)."""
+    a, t = _digits(12)
+    direct, functional = _module("direct_norms"), _module("via_functional")
+    functional.load_state_dict(direct.state_dict())
+    probs = [ss.FiniteSum.from_module(m, F.cross_entropy, (a, t), batch_size=1) for m in (direct, functional)]
+    gen = torch.Generator().manual_seed(3)
+    x = probs[0].x_init + 0.3 * torch.randn(3, probs[0].d, generator=gen, dtype=F64)
+    method = ss.SAM(0.1, 0.2)
+    drifts = [ss.sde_model(p, method, order=2, expectation="enumerate").drift(x) for p in probs]
+    torch.testing.assert_close(drifts[0], drifts[1], rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # and the values are torch's own (the fused kernels, outside the substitution)
+        torch.testing.assert_close(probs[0].loss(probs[0].x_init[None])[0], F.cross_entropy(direct(a), t),
+                                   rtol=0, atol=1e-12)
+
+
+def _weighted_mse(outputs, targets):
+    """torch's weighted MSE: mean reduction divides by the sum of the weights."""
+    return F.mse_loss(outputs, targets, weight=1.0 + targets.abs())
+
+
+def test_weighted_mse_loss_equals_torch():
+    """The substituted F.mse_loss(weight=) divides by the sum of the weights as torch does (it divided by the
+    element count: the objective was rescaled by mean(weight), issue 19); gradients and HVPs are torch's."""
+    model = _module("tanh_mlp")
+    a, t = _digits(12)
+    gen = torch.Generator().manual_seed(7)
+    targets = torch.randn(12, 10, generator=gen, dtype=F64)  # per-sample weight sums differ
+    prob = ss.FiniteSum.from_module(model, _weighted_mse, (a, targets), batch_size=3)
+    x = prob.x_init + 0.3 * torch.randn(2, prob.d, generator=gen, dtype=F64)
+    v = torch.randn(2, prob.d, generator=gen, dtype=F64)
+    for p in range(2):
+        m = _at(model, x[p])
+        params = list(m.parameters())
+        # f = mean of per-sample losses, each torch's F.mse_loss on a batch of one (no substitution here).
+        loss = torch.stack([_weighted_mse(m(a[i:i + 1]), targets[i:i + 1]) for i in range(12)]).mean()
+        g = torch.cat([q.reshape(-1) for q in torch.autograd.grad(loss, params, create_graph=True)])
+        hv = torch.cat([q.reshape(-1) for q in torch.autograd.grad(g @ v[p], params)])
+        torch.testing.assert_close(prob.loss(x)[p], loss.detach(), rtol=0, atol=1e-12)
+        torch.testing.assert_close(prob.grad(x)[p], g.detach(), rtol=0, atol=1e-12)
+        torch.testing.assert_close(prob.hvp(x, v)[p], hv, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, reduction", [({}, "mean"), ({}, "sum"), ({}, "none"), ({"weight": True}, "mean"),
+                                                ({"weight": True}, "sum"), ({"weight": True}, "none")])
+@pytest.mark.parametrize("loss_fn", [F.mse_loss, F.huber_loss], ids=lambda f: f.__name__)
+def test_substituted_losses_equal_torch_values(loss_fn, kwargs, reduction):
+    from sde_sam.problems.module import _ExactFormulas
+
+    gen = torch.Generator().manual_seed(8)
+    y, t, w = (torch.randn(4, 3, generator=gen, dtype=F64) for _ in range(3))
+    kw = {"reduction": reduction, **({"weight": w.abs()} if kwargs else {})}
+    with _ExactFormulas():
+        mine = loss_fn(y, t, **kw)
+    torch.testing.assert_close(mine, loss_fn(y, t, **kw), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda y, t: F.mse_loss(y, t, weight=torch.ones(3, dtype=F64)), ValueError, "Weights and input must have the same size"),
+    (lambda y, t: F.huber_loss(y, t, weight=torch.ones(4, 1, dtype=F64)), ValueError, "Weights and input must have the same size"),
+    (lambda y, t: F.mse_loss(y, t, reduction="avg"), ValueError, "avg is not a valid value for reduction"),
+])
+def test_substituted_losses_refuse_what_torch_refuses(call, error, match):
+    from sde_sam.problems.module import _ExactFormulas
+
+    y, t = torch.zeros(4, 3, dtype=F64), torch.ones(4, 3, dtype=F64)
+    with pytest.raises(error, match=match):
+        call(y, t)  # torch itself
+    with pytest.raises(error, match=match), _ExactFormulas():
+        call(y, t)
 
 
 # -- the docs example (docs/own_model.md) runs as written ----------------------------------------------------------

@@ -106,6 +106,8 @@ def test_finite_sum_data_checks():
 ])
 def test_bad_noise_cov(noise_cov, match):
     H = torch.eye(3, dtype=F64)
+    if isinstance(noise_cov, torch.Tensor):  # in the problem's dtype (another dtype is its own error)
+        noise_cov = noise_cov.to(F64)
     with pytest.raises(ValueError, match=match):
         ss.Quadratic(H, noise_cov=noise_cov)
     with pytest.raises(ValueError, match=match):

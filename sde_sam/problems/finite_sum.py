@@ -17,6 +17,39 @@ def _index(data: Data, idx: Tensor) -> Data:
     return data[idx] if isinstance(data, Tensor) else tuple(t[idx] for t in data)
 
 
+def _data_dtype(tensors: tuple[Tensor, ...], name: str = "data") -> torch.dtype:
+    """The one floating dtype of the data, after checking it is finite and on one device (data is never cast).
+
+    Integer (or bool) tensors are labels or indices and keep their dtype; floating ones must share one dtype
+    and hold no NaN or inf (a non-finite sample would make every mini-batch that draws it diverge). Data with
+    no floating tensor at all is refused: the problem's dtype comes from it, so integer features would
+    silently give a float32 problem.
+    """
+    floats = [(i, t) for i, t in enumerate(tensors) if t.dtype.is_floating_point or t.dtype.is_complex]
+    label = (lambda i: name) if len(tensors) == 1 else (lambda i: f"{name}[{i}]")
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"`{name}` tensors must be on one device, got {sorted(map(str, devices))}")
+    if not floats:
+        raise ValueError(f"`{name}` has no floating tensor (dtypes {[str(t.dtype) for t in tensors]}): the problem's "
+                         "dtype comes from its features; convert the integer features explicitly, e.g. "
+                         "A.to(torch.float64)")
+    for i, t in floats:
+        if t.dtype.is_complex:
+            raise ValueError(f"`{label(i)}` has complex dtype {t.dtype}; use real tensors")
+    kinds = sorted({str(t.dtype) for _, t in floats})
+    if len(kinds) > 1:
+        raise ValueError(f"`{name}` mixes floating dtypes ({', '.join(f'{label(i)}: {t.dtype}' for i, t in floats)}); "
+                         "convert them to one dtype explicitly (no silent cast)")
+    for i, t in floats:
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            rows = bad.reshape(t.shape[0], -1).any(dim=1).nonzero().squeeze(-1)
+            raise ValueError(f"`{label(i)}` must be finite, got NaN or inf in {rows.numel()} sample(s), the first at "
+                             f"index {int(rows[0])}")
+    return floats[0][1].dtype
+
+
 class FiniteSum(Problem):
     r"""A finite sum of per-sample losses with mini-batch stochastic gradients.
 
@@ -30,7 +63,9 @@ class FiniteSum(Problem):
     Args:
         loss_fn: ``loss_fn(x: (d,), sample) -> scalar`` where ``sample`` has the structure of ``data``
             without its leading dim (a tensor, or a tuple of tensors). Must be ``torch.func``-traceable.
-        data: A tensor or a tuple of tensors sharing the leading dim ``n``.
+        data: A tensor or a tuple of tensors sharing the leading dim ``n``, on one device. The floating ones
+            (at least one: they set the problem's dtype) share one dtype and are finite; integer ones are labels
+            or indices. Anything else is a ``ValueError`` naming the tensor (data is never cast).
         batch_size: Mini-batch size ``B`` (``1 <= B <= n``; ``B = n`` without replacement is full batch).
         replacement: Sample with (default) or without replacement.
         d: Number of parameters, if known (ready-made problems set it; else taken from ``x0``).
@@ -55,12 +90,15 @@ class FiniteSum(Problem):
             raise ValueError(f"`batch_size` must be <= n={n} (the number of samples), got batch_size={batch_size}")
         if d is not None:
             _checks.positive_int("d", d)
-        floats = [t for t in tensors if t.dtype.is_floating_point]
-        self.dtype = floats[0].dtype if floats else torch.get_default_dtype()
+        self.dtype = self._data_dtype(tensors)
         self.device = tensors[0].device
         self.d, self.n, self.batch_size, self.replacement = d, n, batch_size, bool(replacement)
         self.data = data if isinstance(data, Tensor) else tuple(tensors)
         self.loss_fn = loss_fn
+
+    def _data_dtype(self, tensors: tuple[Tensor, ...]) -> torch.dtype:
+        """The problem's dtype, from its checked data (a module problem takes its parameters')."""
+        return _data_dtype(tensors)
 
     # Per-path evaluation: full-batch quantities also go through per-path data (an expanded view, no copy);
     # sharing the data across paths would fuse all paths into one GEMM whose rounding depends on how many

@@ -21,6 +21,12 @@ def _noise_sqrt(noise_cov, d: int, dtype: torch.dtype, device: torch.device) -> 
         raise ValueError(f"`noise_cov` must be a number or a tensor, got noise_cov={noise_cov!r}")
     if isinstance(noise_cov, Real):
         noise_cov = float(noise_cov)
+    elif isinstance(noise_cov, Tensor):  # a tensor is never cast: float32 Σ in a float64 problem loses digits
+        if noise_cov.dtype != dtype:
+            raise ValueError(f"`noise_cov` has dtype {noise_cov.dtype} but the problem uses {dtype}; convert it "
+                             f"explicitly (noise_cov.to({dtype}))")
+        if noise_cov.device.type != device.type:
+            raise ValueError(f"`noise_cov` is on device {noise_cov.device} but the problem is on {device}")
     # Build in the problem's dtype directly: a float64 problem must see exactly 0.09, not float32's 0.0900000036.
     cov = torch.as_tensor(noise_cov, dtype=dtype, device=device)
     shape = tuple(cov.shape)
@@ -57,7 +63,8 @@ class Objective(Problem):
     Args:
         loss_fn: A scalar loss of one parameter vector, written with ``torch`` ops (``torch.func``-traceable).
         d: Number of parameters.
-        noise_cov: Σ as a float (σ² I), a ``(d,)`` diagonal or a PSD ``(d, d)`` matrix.
+        noise_cov: Σ as a float (σ² I), a ``(d,)`` diagonal or a PSD ``(d, d)`` matrix; a tensor must have the
+            problem's dtype and device (a mismatch is an error, never a cast).
         dtype: Floating dtype (float32 by default; float64 for statistical work).
         device: Device.
 

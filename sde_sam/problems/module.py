@@ -13,11 +13,17 @@ BatchNorm, Dropout and other random or batch-coupled layers, ``reduction="sum"``
 Normalisation layers (and the squared and Huber losses) are evaluated through their textbook formulas (mean,
 variance, ``rsqrt``) rather than torch's fused kernels: in torch 2.13 the fused ``layer_norm`` and
 ``instance_norm`` have wrong third derivatives under every autodiff nesting (the Taylor drifts of order 2 need
-them), and ``mse_loss``/``huber_loss`` fail under forward-over-reverse HVPs (``tests/test_module.py``).
+them), and ``mse_loss``/``huber_loss`` fail under forward-over-reverse HVPs (``tests/test_module.py``). The
+substitution covers both levels a model can call: ``torch.nn.functional`` (``F.layer_norm``, ``F.instance_norm``,
+``F.batch_norm``, ``F.mse_loss``, ``F.huber_loss``) and ``torch`` itself (``torch.layer_norm``,
+``torch.native_layer_norm``, ``torch.instance_norm``, ``torch.batch_norm``). The substitutes give torch's values,
+argument checks and weighted reductions (``mse_loss``'s weighted mean divides by the sum of the weights).
+``group_norm`` and ``rms_norm`` are left to torch: their third derivatives agree with finite differences.
 """
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable
 
 import torch
@@ -67,28 +73,75 @@ def _batch_norm(input, running_mean, running_var, weight=None, bias=None, traini
     return _channel_affine(y, weight, bias)
 
 
-def _reduce(loss: Tensor, weight, reduction: str) -> Tensor:
-    loss = loss if weight is None else loss * weight
-    return {"mean": torch.mean, "sum": torch.sum}.get(reduction, lambda t: t)(loss)
+# The losses follow torch 2.13's F.mse_loss / F.huber_loss exactly, checks included: a target of another size
+# warns (broadcasting), a weight must have the input's size, an unknown reduction is a ValueError, and the
+# weighted mean of mse_loss divides by the sum of the weights (huber_loss's by the element count).
+def _elementwise(input, target, weight, reduction: str) -> tuple[Tensor, Tensor]:
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    if target.size() != input.size():
+        warnings.warn(f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+                      "This will likely lead to incorrect results due to broadcasting. "
+                      "Please ensure they have the same size.", stacklevel=4)
+    if weight is not None and weight.size() != input.size():
+        raise ValueError("Weights and input must have the same size.")
+    return torch.broadcast_tensors(input, target)
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
 
 
 def _mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
     if size_average is not None or reduce is not None:  # legacy arguments: torch's own resolution
         reduction = F._Reduction.legacy_get_string(size_average, reduce)
-    return _reduce((input - target) ** 2, weight, reduction)
+    a, b = _elementwise(input, target, weight, reduction)
+    if weight is None:
+        return _reduce((a - b) ** 2, reduction)
+    loss = (a - b) ** 2 * weight
+    return loss.sum() / weight.sum() if reduction == "mean" else _reduce(loss, reduction)
 
 
 def _huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
-    diff = input - target
+    a, b = _elementwise(input, target, weight, reduction)
+    diff = a - b
     size = diff.abs()
-    return _reduce(torch.where(size < delta, 0.5 * diff * diff, delta * (size - 0.5 * delta)), weight, reduction)
+    loss = torch.where(size < delta, 0.5 * diff * diff, delta * (size - 0.5 * delta))
+    return _reduce(loss if weight is None else loss * weight, reduction)
+
+
+# The same layers reached through torch.* directly (torch.layer_norm, torch.instance_norm, ... as a module's
+# forward may call them, and as F.* does underneath): their argument orders, routed to the formulas above.
+def _torch_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    return _layer_norm(input, normalized_shape, weight, bias, eps)
+
+
+def _torch_native_layer_norm(input, normalized_shape, weight, bias, eps):
+    dims = tuple(range(-len(normalized_shape), 0))
+    mean = input.mean(dims, keepdim=True)
+    c = input - mean
+    rstd = torch.rsqrt((c * c).mean(dims, keepdim=True) + eps)
+    y = c * rstd
+    y = y if weight is None else y * weight
+    return (y if bias is None else y + bias), mean, rstd
+
+
+def _torch_instance_norm(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps,
+                         cudnn_enabled=True):
+    return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+
+
+def _torch_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled=True):
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 # torch 2.13: the fused layer_norm / instance_norm have wrong third derivatives (and batch_norm's are not
 # trusted); mse_loss and huber_loss fail under forward-over-reverse (a ZeroTensor target tangent, a missing
 # forward-AD formula). Their textbook formulas are exact under every nesting.
 _COMPOSITES = {F.layer_norm: _layer_norm, F.instance_norm: _instance_norm, F.batch_norm: _batch_norm,
-               F.mse_loss: _mse_loss, F.huber_loss: _huber_loss}
+               F.mse_loss: _mse_loss, F.huber_loss: _huber_loss,
+               torch.layer_norm: _torch_layer_norm, torch.native_layer_norm: _torch_native_layer_norm,
+               torch.instance_norm: _torch_instance_norm, torch.batch_norm: _torch_batch_norm}
 
 
 class _ExactFormulas(TorchFunctionMode):
@@ -203,7 +256,25 @@ def _check_data(data, params: FlatParams) -> tuple[Tensor, ...]:
                              "convert one of them explicitly")
         if t.device.type != params.device.type:
             raise ValueError(f"`data[{i}]` is on device {t.device} but the model is on {params.device}")
+        if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+            rows = (~torch.isfinite(t)).reshape(n, -1).any(dim=1).nonzero().squeeze(-1)
+            raise ValueError(f"`data[{i}]` must be finite, got NaN or inf in {rows.numel()} sample(s), the first at "
+                             f"index {int(rows[0])}")
     return data
+
+
+def _forward_named(params: FlatParams, x: Tensor, inputs: tuple[Tensor, ...]) -> Tensor:
+    """The model's output; a failure on integer inputs names them (features are usually floating)."""
+    try:
+        return params.forward(x, inputs)
+    except (RuntimeError, TypeError) as err:
+        ints = [i for i, a in enumerate(inputs) if not a.dtype.is_floating_point]
+        if not ints:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"the model failed on the integer input `data[{ints[0]}]` (dtype {inputs[ints[0]].dtype}): "
+                         f"{first}; convert the features explicitly, e.g. data[{ints[0]}].to({params.dtype}) "
+                         "(integer inputs are for layers such as nn.Embedding)") from None
 
 
 def _check_loss(params: FlatParams, loss_fn, data: tuple[Tensor, ...]) -> None:
@@ -213,7 +284,7 @@ def _check_loss(params: FlatParams, loss_fn, data: tuple[Tensor, ...]) -> None:
     x = params.x_init
     with torch.no_grad():
         *inputs, _ = (t[:8] for t in data)
-        if not torch.equal(params.forward(x, tuple(inputs)), params.forward(x, tuple(inputs))):
+        if not torch.equal(_forward_named(params, x, tuple(inputs)), params.forward(x, tuple(inputs))):
             raise ValueError("the model's output is random (two evaluations differ): remove the random layer or "
                              "call model.eval()")
         *inputs, target = (t[:1] for t in data)
@@ -238,10 +309,14 @@ class ModuleFiniteSum(FiniteSum):
         params = FlatParams(model)
         data = _check_data(data, params)
         _check_loss(params, loss_fn, data)
+        self.params = params
         super().__init__(ModuleSampleLoss(params, loss_fn), data, batch_size=batch_size, replacement=replacement,
                          d=params.d)
-        self.params, self.dtype, self.device = params, params.dtype, params.device
+        self.dtype, self.device = params.dtype, params.device
         self.x_init = params.x_init
+
+    def _data_dtype(self, tensors: tuple[Tensor, ...]) -> torch.dtype:
+        return self.params.dtype  # the data was checked against the parameters (inputs may all be integer)
 
     def unflatten(self, x: Tensor) -> dict[str, Tensor]:
         """``(..., d)`` flat parameters → ``{name: (..., *shape)}``."""

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _engine, observables as obs_mod, streams
-from .methods import Method, effective_gradient, power_iteration
+from .methods import Method, check_method, effective_gradient, power_iteration
 from .problems.base import Problem
 
 
@@ -114,10 +114,7 @@ def _init_v(problem: Problem, method: Method, x: Tensor, gauss: Tensor, eps: flo
 def _check_problem_method(problem, method) -> None:
     if not isinstance(problem, Problem):
         raise TypeError(f"`problem` must be an sde_sam Problem, got {type(problem).__name__}")
-    if not isinstance(method, Method):
-        raise TypeError(f"`method` must be an sde_sam Method (SGD, USAM, SAM, ...), got {type(method).__name__}")
-    method.check_ready()
-    method.check_problem(problem)
+    check_method(method).check_problem(problem)
 
 
 def step(problem: Problem, method: Method, x: Tensor, draws, *, state: StepState | None = None,

@@ -10,7 +10,7 @@ Adding a method is one class here, its export, and one row of the tests' method 
 """
 from __future__ import annotations
 
-from .base import ORACLES, AffineNoise, Method, Perturbation, Perturbing, guarded_norm
+from .base import ORACLES, AffineNoise, Method, Perturbation, Perturbing, check_method, guarded_norm
 from .bolte import HessianUSAM, TwoStepUSAM
 from .oracles import effective_gradient, perturb, split
 from .table import ASAM, DNSAM, SAM, SGD, USAM, EigenSAM, UnifiedSAM, power_iteration
@@ -21,4 +21,4 @@ METHODS: dict[str, type[Method]] = {m.name.lower(): m for m in (SGD, USAM, SAM, 
 
 __all__ = ["Method", "Perturbing", "Perturbation", "AffineNoise", "ORACLES", "guarded_norm", "power_iteration",
            "SGD", "USAM", "SAM", "DNSAM", "UnifiedSAM", "EigenSAM", "ASAM", "TwoStepUSAM", "HessianUSAM",
-           "METHODS", "effective_gradient", "perturb", "split"]
+           "METHODS", "check_method", "effective_gradient", "perturb", "split"]

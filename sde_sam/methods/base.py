@@ -313,6 +313,14 @@ class Perturbing(Method):
         return self.radius()
 
 
+def check_method(method) -> Method:
+    """The public boundary's check: ``method`` is an sde_sam :class:`Method` built with everything it needs."""
+    if not isinstance(method, Method):
+        raise TypeError(f"`method` must be an sde_sam Method (SGD, USAM, SAM, ...), got {type(method).__name__}")
+    method.check_ready()
+    return method
+
+
 def require(method: Method, name: str, value):
     """``value``, or a ``ValueError`` saying that ``method``'s perturbation needs the oracle ``name``."""
     if value is None:

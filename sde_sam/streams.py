@@ -1,8 +1,29 @@
 """Per-path random streams, independent of how paths are chunked.
 
-Paths are grouped in fixed blocks; each block owns a ``torch.Generator`` seeded from ``(seed, block)`` by
-``numpy.random.SeedSequence``. A chunk of paths is a union of whole blocks, so the random numbers a path
-sees depend only on the seed, the number of paths and its index, never on the chunk size.
+Paths are grouped in fixed blocks of :data:`BLOCK` = 1024 (paths ``1024 b .. 1024 b + m_b - 1`` form block ``b``,
+``m_b = min(1024, n_paths - 1024 b)``); each block owns a ``torch.Generator`` seeded from ``(seed, stream, b)``
+by ``numpy.random.SeedSequence`` (``stream`` 0: the draws; 1: the Gaussian start of Eigen-SAM's eigenvector).
+The run draws the randomness of a block for ``S`` steps at once as one ``(S, m_b, ...)`` call of the sampler
+on that generator, block after block of steps, where ``S`` depends only on the size of one draw
+(``sde_sam._engine._steps_per_draw``: at most 64).
+
+**What a path's random numbers depend on, exactly.** The numbers path ``p`` sees at step ``k`` are a function
+of: the integer seed (a ``torch.Generator`` passed as ``seed`` is turned into one by a single draw from it);
+the stream; its block ``b = p // 1024``; the size ``m_b`` of that block and its position ``p - 1024 b`` in it;
+the problem's (or SDE model's) sampler, i.e. the kind, shape and dtype of one draw (which also set ``S``); the
+device and the torch version (the generator's algorithm). They do **not** depend on ``chunk_size``, on the
+number of steps (a run of ``k`` steps sees the first ``k`` steps of a longer run's draws), nor on the other
+blocks. Consequences:
+
+- Paths in *full* blocks are prefix-consistent: the first 1024 paths of a 2048-path run are the 1024-path run,
+  and the first 1024 paths of a 1030-path run are those too.
+- Paths in the last, partial block are not: its generator fills an ``(S, m_b, ...)`` array, so the number a
+  path gets depends on ``m_b``. A 16-path run is **not** the first 16 paths of a 256-path run (nor of a
+  1030-path run's last block); it is an independent sample of the same law.
+- The weak-error studies derive a separate integer seed per cell from ``(seed, lr, cell kind)``
+  (:func:`sde_sam.weak_error.cells.cell_seed`), so a cell's paths do not depend on the other cells either.
+
+These default streams are what every saved result was computed with; they are kept bit for bit.
 """
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ Outputs (``results/saddle_attraction/``):
 * ``distance.csv``: distance to the saddle :math:`\|x_t\|` over time, per problem, method, :math:`\rho`,
   discrete run or order-1 SDE: mean, SEM and quantiles across paths.
 * ``escape.csv``: on the non-convex model, the probability that a path has left the saddle
-  (:math:`|x_2(T)|>s/2`) over a :math:`(\rho,\eta)` grid, discrete and SDE, with the theory's verdicts:
+  (:math:`|x_2(T)|>s/2`) over a :math:`(\rho,\eta)` grid, the discrete runs and the order-1 SDE on the same
+  grid, with the theory's verdicts:
   USAM flow contracts the negative direction iff :math:`\rho|\lambda|>1`; discrete USAM converges along it
   iff :math:`0\le\lambda(1+\rho\lambda)\le2/\eta`; the SAM/DNSAM flow contracts while :math:`\|Hx\|<\rho|\lambda|`,
   evaluated at the start :math:`\|Hx_0\|` and at the typical stochastic gradient norm at the saddle
@@ -52,25 +53,24 @@ class Config:
     records: int = 80
     # escape grid (non-convex model)
     grid_rhos: tuple = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
-    grid_lrs: tuple = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
-    grid_sde_lrs: tuple = (0.05, 0.2)
+    grid_lrs: tuple = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)  # discrete runs and SDE alike
     grid_horizon: float = 20.0
     grid_paths: int = 1000
     grid_sde_paths: int = 500
-    grid_sde_dt: float = 0.025
+    grid_sde_dt: float = 0.025         # SDE step min(grid_sde_dt, lr / 2)
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "Config":
         return cls(n_paths=400, n_paths_sam_sde=150, horizon=6.0, records=30, dt_ratio=2,
-                   grid_rhos=(0.1, 0.3, 0.6, 1.0, 1.5), grid_lrs=(0.02, 0.1, 0.4), grid_sde_lrs=(0.1,),
+                   grid_rhos=(0.1, 0.3, 0.6, 1.0, 1.5), grid_lrs=(0.02, 0.1, 0.4),
                    grid_horizon=12.0, grid_paths=300, grid_sde_paths=150, grid_sde_dt=0.05)
 
     @classmethod
     def tiny(cls) -> "Config":
         """For smoke tests: seconds."""
         return cls(n_paths=64, n_paths_sam_sde=16, horizon=1.0, records=5, rhos=(1.5,),
-                   grid_rhos=(0.3, 1.5), grid_lrs=(0.2,), grid_sde_lrs=(0.2,), grid_horizon=1.0,
+                   grid_rhos=(0.3, 1.5), grid_lrs=(0.2,), grid_horizon=1.0,
                    grid_paths=32, grid_sde_paths=16, grid_sde_dt=0.1, sam_expectation=2)
 
 
@@ -144,10 +144,11 @@ def distance_over_time(cfg: Config, *, executor=None, out: Path | None = None) -
 
 
 def escape_specs(cfg: Config) -> list[dict]:
-    """One cell per (discrete|sde, lr, rho, method) of the escape grid on the non-convex model."""
+    """One cell per (discrete|sde, lr, rho, method) of the escape grid on the non-convex model: the SDE on the
+    same (rho, lr) grid as the discrete runs."""
     specs = []
-    for kind, lrs, n_paths in (("discrete", cfg.grid_lrs, cfg.grid_paths), ("sde", cfg.grid_sde_lrs, cfg.grid_sde_paths)):
-        for lr in lrs:
+    for kind, n_paths in (("discrete", cfg.grid_paths), ("sde", cfg.grid_sde_paths)):
+        for lr in cfg.grid_lrs:
             for rho in cfg.grid_rhos:
                 for i, name in enumerate(METHODS):
                     sam_sde = kind == "sde" and name == "SAM"

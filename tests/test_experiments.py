@@ -112,6 +112,24 @@ def test_committed_figures_and_readme_cover_the_registry():
         assert f"paper_figs/{figure}.png" in readme, figure
 
 
+@pytest.mark.parametrize("size", ["full", "quick", "tiny"])
+def test_saddle_escape_sde_on_the_discrete_grid(size):
+    """The order-1 SDE cells of the escape grid are the discrete cells' (lr, rho, method), one for one."""
+    study = STUDIES["saddle_attraction"]
+    cfg = study.config(size)
+    specs = study.module.escape_specs(cfg)
+    cells = {kind: sorted((s["lr"], s["rho"], s["method"]) for s in specs if s["kind"] == kind)
+             for kind in ("discrete", "sde")}
+    assert cells["sde"] == cells["discrete"]
+    assert len(cells["sde"]) == len(cfg.grid_lrs) * len(cfg.grid_rhos) * len(study.module.METHODS)
+
+
+def test_saddle_escape_table_has_both_kinds_on_one_grid(tiny_results):
+    escape = pd.read_csv(tiny_results / "saddle_attraction" / "escape.csv")
+    grids = {kind: set(zip(d["lr"], d["rho"], d["method"])) for kind, d in escape.groupby("kind")}
+    assert set(grids) == {"discrete", "sde"} and grids["discrete"] == grids["sde"]
+
+
 def test_make_figures_draws_every_png_from_saved_results(tiny_results, tmp_path):
     paths = figures.make_figures(tiny_results, tmp_path)
     assert [p.stem for p in paths] == FIGURES

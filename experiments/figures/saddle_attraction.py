@@ -52,7 +52,7 @@ def saddle_escape(results: Path, figs: Path) -> Path:
     methods = list(dict.fromkeys(esc["method"]))
     fig, axes = pl.figure(len(kinds), len(methods), width=3.0, height=2.3, sharex=True, sharey=True)
     axes = np.asarray(axes).reshape(len(kinds), len(methods))
-    all_lrs, all_rhos = sorted(esc["lr"].unique()), sorted(esc["rho"].unique())  # one grid for every row
+    all_lrs, all_rhos = sorted(esc["lr"].unique()), sorted(esc["rho"].unique())  # one grid, both rows
     lr_edges = pl.log_edges(all_lrs)
     g_x0, g_noise = float(esc["grad_norm_x0"].iloc[0]), float(esc["grad_norm_noise"].iloc[0])
     outline = [patheffects.withStroke(linewidth=1.2, foreground="black")]
@@ -63,10 +63,6 @@ def saddle_escape(results: Path, figs: Path) -> Path:
             sub = esc[(esc["kind"] == kind) & (esc["method"] == method)]
             grid = sub.pivot_table(index="lr", columns="rho", values="p_escape", dropna=False)
             grid = grid.reindex(index=all_lrs, columns=all_rhos)
-            for k, lr in enumerate(all_lrs):  # learning rates this row did not simulate: hatched, not blank
-                if lr not in set(sub["lr"]):
-                    ax.axhspan(lr_edges[k], lr_edges[k + 1], facecolor="0.93", edgecolor="0.7", hatch="///", lw=0,
-                               label="not simulated (SDE paths are costlier)")
             mesh = ax.pcolormesh(pl.log_edges(all_rhos), lr_edges, np.ma.masked_invalid(grid.to_numpy()),
                                  cmap="viridis", vmin=0, vmax=1, shading="flat")
             annotate_cells = grid.shape[1] <= 6  # numbers only where they fit

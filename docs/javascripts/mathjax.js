@@ -1,7 +1,10 @@
 // MathJax configuration for pymdownx.arithmatex (generic mode): \( \) and \[ \] inside class="arithmatex".
 // MathJax itself (assets/mathjax/tex-chtml.js) is served by the site: docs/hooks.py.
 window.MathJax = {
+  // textmacros: macros inside \text{}, \texttt{} (e.g. \texttt{loss\_fn}) are read as TeX, not shown as typed.
+  loader: { load: ["[tex]/textmacros"] },
   tex: {
+    packages: { "[+]": ["textmacros"] },
     inlineMath: [["\\(", "\\)"]],
     displayMath: [["\\[", "\\]"]],
     processEscapes: true,

@@ -6,6 +6,7 @@ machine two spinning OpenMP threads make a (20000, 2) matmul ~60x slower; result
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import pytest
 import torch
@@ -26,10 +27,11 @@ class Row:
     method: ss.Method
     tags: frozenset
     id: str
+    formula: Callable | None = None  # a new method's ε, one path, written independently: (m, g, full_grad, v) -> ε
 
 
-def _row(method: ss.Method, *tags: str, id: str | None = None) -> Row:
-    return Row(method, frozenset(tags), id or method.name)
+def _row(method: ss.Method, *tags: str, id: str | None = None, formula: Callable | None = None) -> Row:
+    return Row(method, frozenset(tags), id or method.name, formula)
 
 
 TABLE = [

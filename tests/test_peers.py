@@ -361,3 +361,23 @@ def test_old_helper_names_warn_and_agree():
         ss.sde_model(prob, method, order=1, expectation=4).drift(x)
         ss.run(prob, method, prob.x_init, steps=2, n_paths=2)
     assert copy.copy(method) == method
+
+
+def test_two_draw_scheme_covers_m_sam():
+    """One two-draw step (MATH §4.1) of m-SAM's order-1 model from one point: mean x + dt·b and covariance
+    dt·F Fᵀ, with b and F from the exact enumeration of every mini-batch (4 SE; float64, 40 000 paths)."""
+    base = teacher_student(n=4, d_in=2, width=2, batch_size=1)
+    prob = _with_batch(base, 4)
+    method, dt, n = ss.SAM(0.1, 0.3, micro_batch=2), 0.02, 40_000
+    x0 = base.x_init + 0.2
+    two = ss.sde_model(prob, method, order=1, expectation="two_draw")
+    exact = ss.sde_model(prob, method, order=1, expectation="enumerate")
+    assert two.expectation_mode == "two_draw"
+    X = ss.simulate(two, x0, t1=dt, dt=dt, n_paths=n, seed=5, observables=()).x_final
+    b, Fx = exact.drift(x0[None])[0], exact.diffusion_factor(x0[None])[0]
+    se = X.std(dim=0) / n**0.5
+    assert ((X.mean(dim=0) - (x0 + dt * b)).abs() < 4 * se).all(), ((X.mean(dim=0) - x0 - dt * b) / se)
+    # the step really moves by the drift: many SE away from x0
+    assert ((dt * b).abs() / se).max() > 20
+    var, want = X.var(dim=0), dt * (Fx * Fx).sum(-1)
+    assert ((var - want).abs() < 0.06 * want + 1e-18).all(), var / want

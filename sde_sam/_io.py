@@ -38,6 +38,10 @@ CELL_VERSION = 1
 # deprecates the argument.
 _ROUND_TRIP = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
 
+# mkstemp creates files readable by their owner only; a results file gets the mode a plain open() would give.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 # ---------------------------------------------------------------------------------------------- writing
 
@@ -50,6 +54,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.chmod(tmp, 0o666 & ~_UMASK)
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
@@ -257,7 +262,7 @@ class CellStore:
                 raise CellFormatError(f"dtypes {[str(t) for t in frame.dtypes]} instead of {record['dtypes']}")
         except ForeignCell:
             raise
-        except (ValueError, TypeError, KeyError, OSError, pd.errors.ParserError) as err:
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError) as err:
             self._damaged(record_path, f"{type(err).__name__}: {err}")
             return None
         return frame

@@ -156,6 +156,9 @@ def test_two_writers_and_a_reader_never_see_a_partial_file(tmp_path):
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "table.csv"
     _io.write_csv(pd.DataFrame({"a": [1.0]}), path)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would create it, not mkstemp's 0600
 
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")

@@ -147,7 +147,7 @@ RAW_TEX = re.compile(r"\\[(\[]")                   # \( or \[ left for the reade
 LITERAL_DOLLARS = re.compile(r"\$[^$\n]{1,200}\$")  # $...$ that arithmatex did not take (e.g. "\Vert $")
 REST_ROLE = re.compile(r":(?:math|class|func|meth|mod|attr|data|obj|exc):")
 LIST_IN_PARAGRAPH = re.compile(r"\n[ \t]*[-*] \S")  # a list with no blank line before it stays text
-DOCTEST_PROMPT = re.compile(r"(^|\n)\s*(>>>|\.\.\.\s)")
+DOCTEST_PROMPT = re.compile(r">>>")
 
 
 @needs_docs
@@ -199,7 +199,7 @@ def test_examples_render_as_code_not_quotes(site):
     assert len(sections) >= 20  # the docstrings' `Example:` sections are parsed as example sections
     for section in sections:  # ... and each shows its code as a highlighted block, prompts kept
         head = section.split("doc-section-title")[0]
-        assert "<pre" in head and "&gt;&gt;&gt;" in head or "console" in head, head[:500]
+        assert "<pre" in head and ("&gt;&gt;&gt;" in head or "console" in head), head[:500]
 
 
 @needs_docs

@@ -4,9 +4,12 @@ The order-:math:`r` model has drift :math:`-\mathbb E_\gamma G^{(r)}_\gamma` and
 G^{(r')}_\gamma`. The ways of forming them, each a ``mode`` of :class:`Plan`:
 
 * ``"linear"`` / ``"affine"``: closed forms when the effective gradient is affine in additive Gaussian noise
-  (SGD, USAM, DNSAM up to order 1; every order of USAM on a quadratic, whose model is Ornstein–Uhlenbeck).
-* ``"enumerate"``: an exact sum over the equally likely draws (``B = 1`` finite sums), or over the ``n``
-  per-sample gradients scaled by :math:`c_B/B` for the order-0 model of any mini-batch size.
+  (SGD, USAM, DNSAM up to order 1; every order of USAM on a quadratic, whose model is Ornstein–Uhlenbeck), as
+  each method declares it (:attr:`~sde_sam.methods.Method.affine_noise`).
+* ``"enumerate"``: an exact sum over the equally likely draws (``B = 1`` finite sums; with
+  ``expectation="enumerate"`` also every mini-batch of any size when :math:`n^B` is small, so that m-SAM's drift
+  is exact, MATH §3.6), or over the ``n`` per-sample gradients scaled by :math:`c_B/B` for the order-0 model of
+  any mini-batch size.
 * ``"sampled"``: ``K`` independent draws per evaluation (``expectation=K``), unbiased for any noise model.
 * ``"two_draw"``: the two-draw weak scheme of MATH §4.1 — per solver step two independent draws and one
   scalar, whose increment has the mean and covariance of the model's Euler–Maruyama step (exactly for

@@ -346,4 +346,9 @@ def _assemble(grid, labels, done, mode: str, coupled: bool, solver_check: bool, 
                 diff, se = cell["mean"].to_numpy() - half["mean"].to_numpy(), np.hypot(cell["se"], half["se"])
             solver.append(pd.DataFrame({**head, "dt": lr / dt_ratio, "diff": diff, "diff_se": np.asarray(se)}))
     table = pd.concat(rows, ignore_index=True)[COLUMNS]
+    # Exact mode: lrs where the discrete recursion's spectral radius exceeds 1 (the cell says so); the table's
+    # columns stay what they are, the study reads the list (summary: "unstable", left out of the fit).
+    unstable = [m.lr for m, _, _ in grid if mode == "exact" and "unstable" in done[("discrete", m.lr, m.rho)]]
+    if unstable:
+        table.attrs["unstable_lrs"] = unstable
     return table, (pd.concat(solver, ignore_index=True) if solver_check else None)

@@ -144,7 +144,8 @@ class OrderFit:
         head = f"{self.model}, {self.test_function}: {what} {self.slope:.3f}"
         if self.fit == "exact":
             local = ", ".join(f"{s:.3f}" for s in self.local_slopes["slope"])
-            return f"{head} (exact moments, no CI; local slopes {local} from large to small lr)"
+            extra = "".join(f"  [lr={lr:g} left out: {why}]" for lr, why in self.excluded)
+            return f"{head} (exact moments, no CI; local slopes {local} from large to small lr){extra}"
         flag = "  [inconclusive: the CI does not separate 1/2 from 1]" if self.inconclusive else ""
         how = ("with a correction term, targets the order p" if self.targets == "order"
                else "the grid's secant slope")

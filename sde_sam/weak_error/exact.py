@@ -46,7 +46,8 @@ def _warn_unstable(problem: Quadratic, method: Method, lrs, rho) -> None:
         a = lr * lam * (1 + r * lam)
         if bool((a > edge).any()):
             warnings.warn(f"discrete {method.name} is unstable at lr={lr:g}, rho={r:g}: lr·λ(1+ρλ) = "
-                          f"{float(a.max()):.3g} > {edge:.3g}, its moments diverge", stacklevel=3)
+                          f"{float(a.max()):.3g} > {edge:.3g}, its moments diverge; the study marks the lr unstable and "
+                          "leaves it out of the fit", stacklevel=3)
 
 
 def _linear_model(problem: Quadratic, rho: float, order, diffusion: str) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +141,9 @@ def exact_cell(spec) -> pd.DataFrame:
         s0 = np.concatenate([x, np.zeros(len(M) - d)])
         ms, Cs = _linear_recursion(M, N, s0, ks)
         vals = _quad_expectations(names, H, ms[:, :d], Cs[:, :d, :d])
+        radius = float(np.abs(np.linalg.eigvals(M)).max())
+        if radius > 1.0 + 1e-12:  # the method's moments grow geometrically: said in the cell, the table is unchanged
+            return frame(times, {k: {"mean": v, **zeros} for k, v in vals.items()}, unstable=radius)
         return frame(times, {k: {"mean": v, **zeros} for k, v in vals.items()})
     A, Q = _linear_model(problem, m.rho, spec.order, spec.diffusion)
     scale = 1.0 / (1.0 - m.momentum)  # momentum: the plain model at the effective rate lr/(1-β) (MATH §3.5)

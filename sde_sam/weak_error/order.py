@@ -63,7 +63,11 @@ def fit_with_corrections(x: np.ndarray, y: np.ndarray, sigma: np.ndarray, terms:
     chi2 = float((w * (y - X @ beta) ** 2).sum())
     scale = max(1.0, math.sqrt(chi2 / dof)) if dof >= 1 else 1.0
     se = np.sqrt(np.diag(cov)) * scale
-    return {"intercept": float(beta[0]), "slope": float(beta[1]), "slope_se": float(se[1]), "dof": dof,
+    # The next term, estimated from the last fitted one as log(1 + Dh) = Dh - D²h²/2 + ... suggests: its effect
+    # on the slope through the fit's linear map (the truncation error of the expansion).
+    nxt = 0.5 * beta[-1] ** 2 * h ** (terms + 1) if terms else np.zeros(m)
+    truncation = float(abs((cov @ (X.T @ (w * nxt)))[1]))
+    return {"truncation": truncation, "intercept": float(beta[0]), "slope": float(beta[1]), "slope_se": float(se[1]), "dof": dof,
             "scale": scale, "chi2": chi2, "corrections": tuple(float(b) for b in beta[2:]),
             "correction_z": tuple(float(b / s) for b, s in zip(beta[2:], se[2:])), "lr_max": float(np.exp(x.max())),
             "ci_low": float(beta[1] - Z975 * se[1]), "ci_high": float(beta[1] + Z975 * se[1])}
@@ -90,7 +94,7 @@ def fit_order(x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> dict:
                         "the order only if the points are asymptotic")
         return {**fit, **common, "targets": "secant", "corrections": ()}
     one = fit_with_corrections(x, y, sigma, 1)
-    low, high = one["ci_low"], one["ci_high"]
+    low, high = one["ci_low"] - one["truncation"], one["ci_high"] + one["truncation"]
     note = (f"WLS with one correction term (log G = a + p log η + D η), CI = p ± 1.96·se·max(1, √(χ²/{one['dof']})),"
             f" scale factor {one['scale']:.2f}; targets the order p")
     if len(x) >= 5:

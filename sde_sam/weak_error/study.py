@@ -110,6 +110,11 @@ class WeakErrorStudy:
         self._gaps = (key, out)
         return out.copy()
 
+    @property
+    def unstable_lrs(self) -> list[float]:
+        """Exact mode: the lrs where the discrete recursion is unstable (spectral radius > 1), left out of fits."""
+        return list(self.table.attrs.get("unstable_lrs", self.config.get("unstable_lrs") or []))
+
     def survival(self) -> pd.DataFrame:
         """Paths per cell that survived (did not diverge): ``kind, lr, n_paths, n_diverged, n_survived`` and
         ``mostly_diverged`` (more than half of the paths lost). Exact mode has no paths: empty."""
@@ -127,8 +132,11 @@ class WeakErrorStudy:
         """lr -> why it is left out of the fit: most paths of a cell it needs diverged, or no gap at all."""
         surv = self.survival()
         kinds = {model} | (set() if self.coupled else {"discrete"})
-        out = {}
+        out = {lr: "unstable: the discrete method's moments diverge at this lr (exact recursion)"
+               for lr in pts["lr"] if lr in self.unstable_lrs}
         for lr, gap in zip(pts["lr"], pts["gap"]):
+            if lr in out:
+                continue
             cells = surv[np.isclose(surv["lr"], lr, rtol=1e-12, atol=0) & surv["kind"].isin(kinds)]
             bad = cells[cells["mostly_diverged"]]
             if len(bad):
@@ -263,6 +271,8 @@ class WeakErrorStudy:
         head = f"  lr={r['lr']:<8.4g} rho={r['rho']:<8.4g} {r['model']:<8} "
         if not math.isfinite(r["gap"]):
             return head + "no gap: no finite estimate (see the surviving paths above)"
+        if r["lr"] in self.unstable_lrs:
+            return head + f"unstable: the discrete method's moments diverge (gap {r['gap']:.3g} not a weak error)"
         se = "(exact)" if self.mode == "exact" else f"± {r['gap_se']:.1e}"
         flag = "  [below MC floor]" if r["under_floor"] else (
             f"  [{r['gap'] / r['gap_se']:.1f} SE: near the floor]"

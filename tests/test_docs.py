@@ -1,5 +1,11 @@
-"""The docs site: it builds in strict mode (no broken link, anchor or reference), and every example in it
-and in the README runs.
+"""The docs site: it builds in strict mode (no broken link, anchor or reference), it reads right, and every
+example in it and in the README runs.
+
+"Reads right" is checked on the built HTML, as text a reader sees outside code: no raw TeX (``\(``, ``\[``,
+``$...$``) or reST role outside the math containers that MathJax typesets, no Markdown list run into a
+paragraph, no script or stylesheet from another host (MathJax is served by the site), no ``>>>`` example
+shown as nested quotes, and every figure a link to its full-size PNG. The griffe extension that reads the
+docstrings' house style (``docs/griffe_docstrings.py``) is tested on its own too.
 
 Each page's ```python blocks run in order in one fresh interpreter (a page is one script), from a temporary
 working directory so that nothing is written into the checkout. A block preceded by ``<!-- skip -->``

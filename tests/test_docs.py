@@ -1,4 +1,4 @@
-"""The docs site: it builds in strict mode (no broken link, anchor or reference), it reads right, and every
+r"""The docs site: it builds in strict mode (no broken link, anchor or reference), it reads right, and every
 example in it and in the README runs.
 
 "Reads right" is checked on the built HTML, as text a reader sees outside code: no raw TeX (``\(``, ``\[``,

@@ -148,16 +148,17 @@ class SDEModel:
                 f"expectation_mode={self.expectation_mode!r}{phase}, noise_dim={self.noise_dim})")
 
     # -- randomness of one step ----------------------------------------------------------------------
-    def sampler(self, increments: str = "gaussian", *, expectation_mode: str | None = None):
+    def sampler(self, increments: str = "gaussian", *, expectation_mode: str | None = None, mode: str | None = None):
         """``sampler(shape, generator) -> (draws, zeta)``: one solver step's randomness for a block of paths.
 
         ``zeta: shape + (m,)`` are standard Gaussian or, for ``increments="two_point"``, ±1 with equal
         probability (the simplified weak Euler scheme, MATH §4); ``m = 1`` for two draws per step, else
         :attr:`noise_dim`. ``draws`` are ``shape + (2, ...)`` (``"two_draw"``) or ``shape + (K, ...)`` (sampled)
-        draws, else an empty tensor. ``expectation_mode`` defaults to :attr:`expectation_mode`.
+        draws, else an empty tensor. ``expectation_mode`` defaults to :attr:`expectation_mode` (``mode``: its
+        deprecated name).
         """
         p = self.problem
-        mode = expectation_mode or self.expectation_mode
+        mode = expectation_mode or _deprecated_mode(mode) or self.expectation_mode
         m = 1 if mode == "two_draw" else self.noise_dim
         k = 2 if mode == "two_draw" else self.n_draws if mode == "sampled" else None
 
@@ -222,15 +223,16 @@ class SDEModel:
         c = c if isinstance(c, float) else c.unsqueeze(-1)
         return Sigma + c * (HS + HS.transpose(1, 2))
 
-    def terms(self, x: Tensor, rand, v: Tensor | None, *,
-              expectation_mode: str | None = None) -> tuple[Tensor, Tensor]:
+    def terms(self, x: Tensor, rand, v: Tensor | None, *, expectation_mode: str | None = None,
+              mode: str | None = None) -> tuple[Tensor, Tensor]:
         """Drift ``b`` and noise ``N`` of the state ``x: (n, D)``, both ``(n, D)``, with the Euler–Maruyama
         increment :math:`b\\,\\Delta t + \\sqrt{\\Delta t}\\,N` (``N = F(x)\\zeta``).
 
         ``rand = (draws, zeta)`` comes from :meth:`sampler` of the same ``expectation_mode`` (default
-        :attr:`stateless_mode`: the Euler–Maruyama way; two draws per step are :class:`sde_sam.solvers.TwoDraw`'s).
+        :attr:`stateless_mode`: the Euler–Maruyama way; two draws per step are :class:`sde_sam.solvers.TwoDraw`'s;
+        ``mode``: its deprecated name).
         """
-        mode = expectation_mode or self.stateless_mode
+        mode = expectation_mode or _deprecated_mode(mode) or self.stateless_mode
         if mode == "two_draw":
             raise ValueError("two draws per step are a scheme, not a model's terms: use sde_sam.solvers.TwoDraw "
                              "(MATH §4.1)")
@@ -327,6 +329,13 @@ class SDEModel:
     def g(self, t, y: Tensor) -> Tensor:
         """torchsde diffusion, ``(n, d, m)`` (general noise)."""
         return self.diffusion_factor(y)
+
+
+def _deprecated_mode(mode: str | None) -> str | None:
+    if mode is not None:
+        warnings.warn("the `mode=` argument is deprecated and will be removed in the next release; use "
+                      "`expectation_mode=`", DeprecationWarning, stacklevel=3)
+    return mode
 
 
 def sde_model(problem: Problem, method: Method, *, order=1, diffusion: str = "factor", expectation="auto",

@@ -179,8 +179,17 @@ def test_mode_is_deprecated_for_expectation_mode():
     with pytest.warns(DeprecationWarning, match="use `SDEModel.expectation_mode`"):
         assert sde.mode == sde.expectation_mode == "two_draw"
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # simulate itself never reads the deprecated name
+        warnings.filterwarnings("error", message=".*SDEModel.mode")  # simulate never reads the deprecated name
         ss.simulate(sde, torch.ones(2, dtype=F64), t1=0.02, dt=0.01, n_paths=4)
+    fs = _models()[3][0]
+    with pytest.warns(DeprecationWarning, match="the `mode=` argument is deprecated"):
+        old = fs.sampler(mode="enumerate")((2,), torch.Generator().manual_seed(0))
+    new = fs.sampler(expectation_mode="enumerate")((2,), torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(old, new))
+    x = fs.problem.x_init.expand(2, -1)
+    with pytest.warns(DeprecationWarning, match="use `expectation_mode=`"):
+        b_old = fs.terms(x, new, None, mode="enumerate")
+    assert all(torch.equal(a, b) for a, b in zip(b_old, fs.terms(x, new, None, expectation_mode="enumerate")))
 
 
 # -- refusals ------------------------------------------------------------------------------------------------------

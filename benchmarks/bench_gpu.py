@@ -5,10 +5,15 @@
   (``ss.problems.mlp(n=120, d_in=4, hidden=8, classes=3, batch_size=8)``), 10^4 and 10^5 paths, float32,
   beside one discrete SAM run on the same problem.
 
+* the module benchmark (``bench_module.py``) on the GPU: the digits conv net (d = 2,210) and the 19k MLP
+  through ``FiniteSum.from_module``, 64 to 4,096 paths, float32: ``ss.run`` (SAM, steps and defaults), the
+  order-1 SDE at ``dt = lr/2``, and the per-path ``nn.Module`` loop (timed over at most 64 paths, per path).
+
 Each configuration: one warm-up run, then the best of three timed runs, with ``torch.cuda.synchronize()``
 before the clock stops; observables recorded only at the start and the end.
 
-Run:  python benchmarks/bench_gpu.py          (needs CUDA; exits with a message otherwise)
+Run:  python benchmarks/bench_gpu.py          (needs CUDA; exits 0 with a message otherwise)
+      python benchmarks/bench_gpu.py --quick  (the module part only at 64 and 1,024 paths)
 Writes benchmarks/results/gpu.json.
 """
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
@@ -45,10 +51,32 @@ def mlp_problem(device) -> ss.FiniteSum:
     return prob
 
 
-def main() -> int:
+def module_rows(dev, paths: list[int]) -> list[dict]:
+    """bench_module.py's measurements on the GPU (the loop over at most 64 paths, per path)."""
+    from bench_module import measure
+
+    rows = []
+    print(f"  {'model':9s} {'d':>6s} {'paths':>6s} {'loop ms':>9s} {'run ms':>8s} {'default':>8s} {'x loop':>7s} "
+          f"{'sde1 ms':>8s} {'sde/run per t':>13s}", flush=True)
+    for name in ("conv", "mlp 19k"):
+        for n in paths:
+            r = measure(name, n, torch.float32, dev, steps=10, repeats=3, loop_paths=64)
+            rows.append(r)
+            print(f"  {r['model']:9s} {r['d']:>6,} {n:>6,} {r['loop_ms']:9.2f} {r['run_steps_ms']:8.2f} "
+                  f"{r['run_default_ms']:8.2f} {r['run_vs_loop']:7.3f} {r['sde1_step_ms']:8.2f} "
+                  f"{r['sde1_per_time_vs_run']:13.2f}", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="GPU throughput of sde_sam")
+    parser.add_argument("--quick", action="store_true", help="module benchmark only, 64 and 1024 paths")
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_gpu.py: no CUDA device is available (torch.cuda.is_available() is False); nothing to measure.")
-        return 1
+        return 0
     dev = torch.device("cuda")
     out = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "cuda": torch.version.cuda, "rows": []}
     print(f"device: {out['device']}, torch {out['torch']}, CUDA {out['cuda']}", flush=True)
@@ -57,6 +85,11 @@ def main() -> int:
         out["rows"].append({"case": name, "n_paths": n, "steps": steps, **res})
         print(f"  {name:44s} {n:>9,} paths x {steps:>4} steps: {res['seconds']:7.3f} s, "
               f"{res['path_steps_per_s']:.3g} path-steps/s", flush=True)
+
+    print("module problems (bench_module.py on the GPU):", flush=True)
+    out["module"] = module_rows(dev, [64, 1024] if args.quick else [64, 256, 1024, 4096])
+    if args.quick:
+        return _write(out)
 
     # Linear model: d = 20, 10^6 paths, float32.
     d, n, steps, dt = 20, 10**6, 200, 0.005
@@ -82,6 +115,10 @@ def main() -> int:
         report(f"discrete SAM, MLP d={prob.d}", n, steps,
                timed(lambda: ss.run(prob, method, prob.x_init, steps=steps, n_paths=n, seed=0, record_every=steps),
                      n * steps))
+    return _write(out)
+
+
+def _write(out: dict) -> int:
     path = HERE / "results" / "gpu.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

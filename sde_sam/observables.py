@@ -20,7 +20,7 @@ cheap (``"x_norm"``, callables, ``"batch_loss"``) or the problem is not a finite
 spend more of a step in per-call overhead, so the real share is lower.
 
 **Memory.** Full-batch observables are evaluated over groups of paths, at most ``chunk`` path-samples per
-call (default :data:`EVAL_CHUNK`), and, where ``n`` alone exceeds it, over chunks of samples (then the value
+call (default :data:`EVAL_CHUNK` on a CPU, :data:`EVAL_CHUNK_CUDA` on a GPU), and, where ``n`` alone exceeds it, over chunks of samples (then the value
 is the weighted sum of the chunks' means: equal to the one-call value up to rounding). Each path's value does
 not depend on the group it is evaluated in.
 """
@@ -39,7 +39,9 @@ BUILTIN = ("loss", "grad_norm", "x_norm", "lambda_max", "batch_loss")
 AUTO_SHARE = 0.1
 """``record_every="auto"``: the largest share of the run's cost that full-batch recording may take."""
 EVAL_CHUNK = 2**14
-"""Path-samples per call of a full-batch observable (memory: this many samples' activations at once)."""
+"""Path-samples per call of a full-batch observable on a CPU (memory: this many samples' activations at once)."""
+EVAL_CHUNK_CUDA = 2**19
+"""The same on a GPU, where fewer, larger calls pay (about 2 GB of activations for a small conv net)."""
 _FORWARD = 1 / 3  # a forward pass, in per-sample gradient evaluations
 _HVP = 2.0  # a forward-over-reverse Hessian-vector product, likewise
 
@@ -81,7 +83,9 @@ class Checked:
 
 
 # -- full-batch observables, in groups of paths and chunks of samples ---------------------------------------------
-def _check_chunk(chunk) -> int:
+def _check_chunk(chunk) -> int | None:
+    if chunk is None:
+        return None
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"`chunk` must be a positive integer (path-samples per call), got chunk={chunk!r}")
     return chunk
@@ -108,8 +112,12 @@ class FullBatch:
 
     per_sample: float = _FORWARD
 
-    def __init__(self, problem: Problem, *, chunk: int = EVAL_CHUNK):
-        self.problem, self.chunk = problem, _check_chunk(chunk)
+    def __init__(self, problem: Problem, *, chunk: int | None = None):
+        self.problem = problem
+        if chunk is None:  # by device: the problem's, where it says
+            device = getattr(problem, "device", None)
+            chunk = EVAL_CHUNK_CUDA if device is not None and torch.device(device).type == "cuda" else EVAL_CHUNK
+        self.chunk = _check_chunk(chunk)
         self.n = getattr(problem, "n", None)
         self.parts = _sample_parts(problem, self.chunk)
 
@@ -153,7 +161,7 @@ class LambdaMax(FullBatch):
     """
 
     def __init__(self, problem: Problem, *, iters: int = 20, method: str = "lanczos", warm_start: bool = True,
-                 chunk: int = EVAL_CHUNK):
+                 chunk: int | None = None):
         super().__init__(problem, chunk=chunk)
         if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
             raise ValueError(f"`iters` must be an integer >= 1, got iters={iters!r}")
@@ -199,27 +207,27 @@ class LambdaMax(FullBatch):
         return values[0] if len(values) == 1 else torch.cat(values)
 
 
-def loss(*, chunk: int = EVAL_CHUNK) -> Callable[[Problem], Observable]:
+def loss(*, chunk: int | None = None) -> Callable[[Problem], Observable]:
     """The full-batch loss :math:`f(x)` per path, ``chunk`` path-samples per call (``observables=[loss(...)]``)."""
     _check_chunk(chunk)
     return _Builder("loss", lambda p: _Loss(p, chunk=chunk))
 
 
-def grad_norm(*, chunk: int = EVAL_CHUNK) -> Callable[[Problem], Observable]:
+def grad_norm(*, chunk: int | None = None) -> Callable[[Problem], Observable]:
     r""":math:`\|\nabla f(x)\|` per path (full batch), ``chunk`` path-samples per call."""
     _check_chunk(chunk)
     return _Builder("grad_norm", lambda p: _GradNorm(p, chunk=chunk))
 
 
 def lambda_max(*, iters: int = 20, method: str = "lanczos", warm_start: bool = True,
-               chunk: int = EVAL_CHUNK) -> Callable[[Problem], Observable]:
+               chunk: int | None = None) -> Callable[[Problem], Observable]:
     r"""The ``"lambda_max"`` observable with its options: ``observables=[ss.observables.lambda_max(iters=10)]``.
 
     Args:
         iters: Iterations per recording (Lanczos: Krylov dimension, memory ``rows * iters * d`` numbers).
         method: ``"lanczos"`` or ``"power"`` (see :func:`sde_sam.top_eigenpair_hvp`).
         warm_start: Start each recording from the previous recording's eigenvectors (first: a fixed vector).
-        chunk: Path-samples per call (memory).
+        chunk: Path-samples per call (memory); ``None``: :data:`EVAL_CHUNK` (CPU) or :data:`EVAL_CHUNK_CUDA`.
 
     Example:
         >>> traj = ss.run(prob, ss.SAM(0.1, 0.05), x0, steps=100, observables=[ss.observables.lambda_max(iters=10)])
@@ -230,7 +238,7 @@ def lambda_max(*, iters: int = 20, method: str = "lanczos", warm_start: bool = T
 
 
 class _NoProblem:
-    n = None
+    n, device = None, None
 
 
 class _Builder:

@@ -73,3 +73,59 @@ def test_weak_error_study_on_cuda(dtype):
         diff = (a[f"{col}_mean"] - c[f"{col}_mean"]).abs()
         se = (a[f"{col}_se"] ** 2 + c[f"{col}_se"] ** 2) ** 0.5
         assert (diff <= 4 * se + 1e-6 * c[f"{col}_mean"].abs()).all()
+
+
+# -- module problems (FiniteSum.from_module) on the device ---------------------------------------------------------
+def _conv_digits(device, dtype, n=128):
+    """A small conv net + LayerNorm on digits (the module benchmark's architecture, fewer samples)."""
+    from torch import nn
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.LayerNorm(144), nn.Linear(144, 10))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    a, t = ss.problems.datasets.digits(n, dtype=dtype)
+    net = net.to(dtype=dtype, device=device)
+    prob = ss.FiniteSum.from_module(net, F.cross_entropy, (a.reshape(-1, 1, 8, 8).to(device), t.to(device)),
+                                    batch_size=8)
+    return prob, prob.x_init
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_module_run_and_sde_on_cuda(dtype):
+    (gpu, x0g), (cpu, x0c) = _conv_digits("cuda", dtype), _conv_digits("cpu", dtype)
+    method = ss.SAM(0.1, 0.05)
+    kw = dict(steps=20, n_paths=1024, record_every=10)
+    a = ss.run(gpu, method, x0g, seed=0, **kw)
+    b = ss.run(gpu, method, x0g, seed=0, **kw)
+    assert torch.equal(a.x_final, b.x_final) and a.n_diverged == 0
+    _agree(a, ss.run(cpu, method, x0c, seed=1, **kw))
+    # Chunks of any size on the device: the same numbers per path.
+    c = ss.run(gpu, method, x0g, seed=0, chunk_size=300, **kw)
+    assert torch.equal(c.x_final, a.x_final)
+    sde_g, sde_c = ss.sde_model(gpu, method, order=1), ss.sde_model(cpu, method, order=1)
+    skw = dict(t1=1.0, dt=0.05, n_paths=1024, record_every=10)
+    s = ss.simulate(sde_g, x0g, seed=0, **skw)
+    assert torch.equal(s.x_final, ss.simulate(sde_g, x0g, seed=0, **skw).x_final)
+    _agree(s, ss.simulate(sde_c, x0c, seed=1, **skw))
+
+
+def test_module_default_recording_and_lambda_max_on_cuda():
+    gpu, x0 = _conv_digits("cuda", torch.float64)
+    cpu, x0c = _conv_digits("cpu", torch.float64)
+    traj = ss.run(gpu, ss.SAM(0.1, 0.05), x0, steps=30, n_paths=64)
+    assert traj.info["record_every"] > 1 and traj.values["loss"].shape == (len(traj.times), 64)
+    lam = ss.observables.lambda_max(iters=30)
+    a = ss.run(gpu, ss.SGD(1e-9), x0, steps=2, n_paths=4, record_every=1, observables=[lam])
+    b = ss.run(cpu, ss.SGD(1e-9), x0c, steps=2, n_paths=4, record_every=1, observables=[lam])
+    # Nearly the same point on both devices (lr 1e-9): the same top eigenvalue to Lanczos' accuracy.
+    torch.testing.assert_close(a.values["lambda_max"][-1], b.values["lambda_max"][-1], rtol=1e-6, atol=1e-8)
+
+
+def test_two_point_signs_on_cuda():
+    s = ss.streams.random_signs((1 << 20,), torch.Generator(device="cuda").manual_seed(0), dtype=torch.float32,
+                                device="cuda")
+    assert s.device.type == "cuda" and set(s.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(s.mean())) < 4 / 2**10

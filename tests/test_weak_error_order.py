@@ -89,6 +89,7 @@ def coupled_study():
                           test_functions=["x_norm_sq"], coupling=True, solver_check=False, progress=False)
 
 
+@pytest.mark.slow
 def test_study_order_targets_the_order_and_secant_keeps_the_slope(coupled_study):
     order, secant = coupled_study.order("x_norm_sq"), coupled_study.secant("x_norm_sq")
     assert order.targets == "order" and order.fit == "corrected" and secant.targets == "secant"
@@ -101,6 +102,26 @@ def test_study_order_targets_the_order_and_secant_keeps_the_slope(coupled_study)
     assert "nan" not in text
     fig = coupled_study.plot()
     assert any(t.get_text().startswith("order 1: order ") for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_order_secant_and_summary_in_a_small_coupled_study():
+    """Four lrs, coupled (gaps far above the floor): order() fits the correction term and says what it targets,
+    secant() is the plain WLS slope of the same points, the summary prints both with the local slopes."""
+    prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 4.0], dtype=F64)), noise_cov=1.0)
+    st = wem.weak_error(prob, ss.USAM(0.1, rho=0.1), lrs=[0.04, 0.02, 0.01, 0.005], horizon=0.5,
+                        x0=torch.full((2,), 0.5, dtype=F64), n_paths=256, rho=lambda lr: 0.5 * lr**0.5,
+                        test_functions=["loss"], coupling=True, solver_check=False, progress=False)
+    order, secant = st.order("loss"), st.secant("loss")
+    pts = order.points
+    x, y, s = np.log(pts["lr"].to_numpy()), np.log(pts["gap"].to_numpy()), (pts["gap_se"] / pts["gap"]).to_numpy()
+    assert secant.slope == est.fit_wls(x, y, s)["slope"] and secant.targets == "secant"
+    assert order.targets == "order" and order.fit == "corrected" and len(order.corrections) == 1
+    assert order.slope == pytest.approx(om.fit_with_corrections(x, y, s, 1)["slope"], abs=0)
+    assert order.ci_low < order.slope < order.ci_high and len(order.local_slopes) == 3
+    text = st.summary()
+    assert "targets the order p" in text and "secant slope over the grid" in text and "local slopes (95% CI)" in text
+    labels = [t.get_text() for t in st.plot().axes[0].get_legend().get_texts()]
+    assert any(lab.startswith("order 1: order ") for lab in labels)
 
 
 @pytest.mark.slow

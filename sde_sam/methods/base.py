@@ -226,7 +226,7 @@ class Method:
         raise NotImplementedError
 
     def update(self, x: Tensor, G: Tensor, buffer: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        r"""The base step from the effective gradient ``G`` (MATH §2.1, §2.3), as ``torch.optim.SGD`` with dampening 0.
+        r"""The base step from the effective gradient ``G`` (MATH §2.1, §2.3), as ``torch.optim.SGD`` (dampening 0).
 
         Weight decay first, at the unperturbed point: :math:`G \leftarrow G + \lambda x`. Then without momentum
         :math:`x-\eta G` (``buffer`` ignored, ``None`` returned); with momentum :math:`u'=\beta u+G` and
@@ -295,9 +295,10 @@ class Perturbing(Method):
         from ..problems.finite_sum import FiniteSum
 
         if not isinstance(problem, FiniteSum):
+            noise = "additive Gaussian" if problem.additive_gaussian else "no mini-batch"
             raise ValueError(f"`micro_batch` (m-SAM) needs a mini-batch problem (a FiniteSum), whose draws can be "
-                             f"split; {type(problem).__name__} has {'additive Gaussian' if problem.additive_gaussian else 'no mini-batch'} "
-                             f"gradient noise, got micro_batch={self.micro_batch}")
+                             f"split; {type(problem).__name__} has {noise} gradient noise, "
+                             f"got micro_batch={self.micro_batch}")
         B = problem.batch_size
         if B % self.micro_batch:
             raise ValueError(f"`micro_batch` must divide the batch size B={B} (one perturbation per micro-batch of "

@@ -108,7 +108,8 @@ class SAM(Perturbing):
         if self.ascent_step_size is not None:
             self._set("ascent_step_size", _checks.positive("ascent_step_size", self.ascent_step_size))
         if not isinstance(self.ascent_normalized, bool):
-            raise ValueError(f"`ascent_normalized` must be True or False, got ascent_normalized={self.ascent_normalized!r}")
+            raise ValueError(f"`ascent_normalized` must be True or False, "
+                             f"got ascent_normalized={self.ascent_normalized!r}")
 
     @property
     def _plain(self) -> bool:

@@ -1,4 +1,5 @@
-r"""An L2 term in the objective, for any problem (MATH §2.3): :math:`f_\gamma \leftarrow f_\gamma + \frac\lambda2\|x\|^2`.
+r"""An L2 term in the objective, for any problem (MATH §2.3):
+:math:`f_\gamma \leftarrow f_\gamma + \frac\lambda2\|x\|^2`.
 
 This is ``tml-epfl/understanding-sam``'s ``l2_reg``: a change of problem, not of method, so the perturbation
 sees :math:`\lambda x` too and every model of every method applies to the new objective unchanged (MATH §3.6).
@@ -39,7 +40,7 @@ class L2Loss:
 
 
 class L2Problem(Problem):
-    r"""Any other :class:`~sde_sam.Problem` plus :math:`\frac\lambda2\|x\|^2`, by delegation (same draws, same noise)."""
+    r"""Any other :class:`~sde_sam.Problem` plus :math:`\frac\lambda2\|x\|^2`, by delegation (same draws and noise)."""
 
     def __init__(self, base: Problem, lam: float):
         self.base, self.lam = base, lam

@@ -199,3 +199,18 @@ def test_near_floor_points_are_flagged():
     fit = est.OrderFit("loss", "order 1", 1.0, 0.0, 0.8, 1.2, 0.1, 1, "wls", pd.DataFrame({"lr": [0.025, 0.0125]}),
                        near_floor=(0.0125,))
     assert "near the MC floor at lr=0.0125" in str(fit) and "biased low" in str(fit)
+
+
+def test_all_diverged_study_prints_counts_and_draws(tmp_path):
+    """Every lr diverges for the discrete method: the summary prints the survival counts and "no gap", never
+    `nan ± nan` or a direction; no slope, with the reason; the figure still draws (an empty, labelled panel)."""
+    prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 4.0], dtype=F64)), noise_cov=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st = wem.weak_error(prob, ss.SGD(0.1), lrs=[0.6, 0.7], horizon=6.0, x0=torch.full((2,), 2.0, dtype=F64),
+                            n_paths=64, mode="monte_carlo", test_functions=["loss"], max_norm=20.0, progress=False)
+    text = st.summary()
+    assert "discrete 0/64" in text and "no gap: no finite estimate" in text and "nan" not in text.lower()
+    assert "discrete above" not in text and "discrete below" not in text
+    assert "no slope" in text and "most paths diverged" in text
+    st.plot().savefig(tmp_path / "f.png")

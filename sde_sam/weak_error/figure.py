@@ -94,6 +94,10 @@ def plot_study(study, test_fns: Sequence[str]):
                   else r"$\max_k\,|\mathrm{E}\,\phi(x_k) - \mathrm{E}\,\phi(X_{k\eta})|$")
         ax.set(xscale="log", yscale="log", xlabel=r"learning rate $\eta$", ylabel=ylabel,
                title=r"$\phi(x)$ = " + PHI_LABELS.get(tf, tf.replace("_", " ")))
+        if not len(shown):  # every lr diverged or no positive gap: an empty, labelled panel, not a log-scale error
+            ax.set_ylim(1e-3, 1.0)
+            ax.text(0.5, 0.5, "no positive finite gap to draw\n(see the summary: survival counts)",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8)
         ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(sub["lr"].unique())))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

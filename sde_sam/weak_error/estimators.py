@@ -200,11 +200,11 @@ def cross_fit_se(gap_a: np.ndarray, se_a: np.ndarray, gap_b: np.ndarray, se_b: n
     """
     s = np.hypot(se_a, se_b)
     k = len(s)
-    if k == 1 or not (s > 0).all():
-        return 0.5 * float(s[0]) if k == 1 else 0.5 * float(np.hypot(se_b[np.abs(gap_a).argmax()],
-                                                                     se_a[np.abs(gap_b).argmax()]))
-    u = (gap_a - gap_b) / s
-    r = float(np.clip((u[1:] * u[:-1]).sum() / (u * u).sum(), 0.0, 0.99)) if k > 2 else 0.0
+    if k == 1 or not (s > 0).any():
+        return 0.5 * float(s[0]) if k == 1 else 0.0
+    # times without noise (an SE of 0: e.g. a deterministic first step) carry no information on r
+    u = np.where(s > 0, (gap_a - gap_b) / np.where(s > 0, s, 1.0), 0.0)
+    r = float(np.clip((u[1:] * u[:-1]).sum() / (u * u).sum(), 0.0, 0.99)) if k > 2 and (u * u).sum() > 0 else 0.0
     full = 0.5 * (gap_a + gap_b)
     target = np.sign(full) * np.maximum(np.abs(full) - shrink * 0.5 * s, 0.0)
     z = np.random.default_rng(BOOTSTRAP_SEED).standard_normal((2, draws, k))

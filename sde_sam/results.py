@@ -83,7 +83,8 @@ class Trajectory:
         kept = self._kept(name)
         top = kept.abs().amax(dim=1, keepdim=True) if kept.shape[1] else torch.ones(kept.shape[0], 1, dtype=kept.dtype)
         usable = torch.isfinite(top) & (top > 0)
-        scale = torch.ldexp(torch.ones_like(top), torch.frexp(torch.where(usable, top, 1.0)).exponent)
+        # 2**(e-1) with top = m 2**e, m in [0.5, 1): scaled values within [-2, 2), and 2**1023 itself is finite
+        scale = torch.ldexp(torch.ones_like(top), torch.frexp(torch.where(usable, top, 1.0)).exponent - 1)
         return kept / scale, scale
 
     def mean(self, name: str) -> Tensor:

@@ -13,8 +13,8 @@ Each term is, given the half that chose its time, an unbiased estimate of :math:
 [derived]. The two terms are *positively correlated* (each half chooses for the other; 0.3–0.6 measured), so
 :math:`\tfrac12\sqrt{se_B^2+se_A^2}` is too small: under the null (6,000 points, 1,000 studies with exact
 truth) sd/SE was 1.15–1.28 and 0.67% of points passed the 3-SE floor. The SE reported here repeats the
-selection (:func:`cross_fit_se`, a parametric bootstrap): sd/SE 0.99–1.09 under the null, 0.94–1.06 when the
-gap is resolved, 0.95–1.00 near the floor, and 0.20% of the null points pass the floor (12 of 6,000; a
+selection (:func:`cross_fit_se`, a parametric bootstrap): sd/SE 0.95–1.03 under the null, 0.97–0.99 when the
+gap is resolved, 0.92–1.02 near the floor, and 0.17% of the null points pass the floor (10 of 6,000; a
 Gaussian single-time test would pass 0.13%). A negative :math:`\hat G` means the halves disagree: no resolved gap.
 
 **The order.** Weighted least squares of :math:`\log\hat G` on :math:`\log\eta` with the delta-method variances

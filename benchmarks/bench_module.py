@@ -142,6 +142,26 @@ def measure(name: str, paths: int, dtype: torch.dtype, device: torch.device, *, 
     return row
 
 
+# -- two-point increments against Gaussian ones (the linear OU benchmark) --------------------------------------------
+def two_point(repeats: int = 3) -> dict:
+    """ms per step of the USAM SDE on the d = 20 quadratic of bench_sde.py, 10^4 paths, one thread, float32."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    d, n, dt, steps = 20, 10**4, 1 / 256, 256
+    g = torch.Generator().manual_seed(d)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    H = (q * torch.linspace(0.5, 2.0, d, dtype=torch.float64)) @ q.T
+    sde = ss.sde_model(ss.Quadratic((0.5 * (H + H.T)).float(), noise_cov=0.09), ss.USAM(lr=0.05, rho=0.1), order=1)
+    out = {}
+    for inc in ("gaussian", "two_point"):
+        out[f"{inc}_ms"] = 1e3 * best(lambda: ss.simulate(sde, torch.ones(d), t1=steps * dt, dt=dt, n_paths=n, seed=0,
+                                                          record_every=steps, increments=inc, progress=False),
+                                      repeats, lambda: None) / steps
+    out["speedup"] = out["gaussian_ms"] / out["two_point_ms"]
+    torch.set_num_threads(threads)
+    return out
+
+
 # -- memory per path (child processes) --------------------------------------------------------------------------
 def _child(kind: str, name: str, paths: int) -> None:
     torch.set_num_threads(2)
@@ -179,6 +199,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--memory", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--models", default=None, help="comma-separated subset, e.g. 'mlp 2.4k,conv'")
+    p.add_argument("--paths", default=None, help="comma-separated path counts (default 8,64)")
+    p.add_argument("--dtypes", default=None, help="comma-separated: float32,float64 (default both)")
+    p.add_argument("--steps", type=int, default=10, help="steps per timing (3 for the largest models)")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -188,6 +212,9 @@ def main(argv=None) -> int:
     names = ["mlp 2.4k", "mlp 19k", "conv"] if args.quick else ["mlp 2.4k", "mlp 19k", "mlp 77k", "mlp 307k", "conv"]
     paths = [8] if args.quick else [8, 64]
     dtypes = [torch.float32] if args.quick else [torch.float32, torch.float64]
+    names = args.models.split(",") if args.models else names
+    paths = [int(v) for v in args.paths.split(",")] if args.paths else paths
+    dtypes = [getattr(torch, v) for v in args.dtypes.split(",")] if args.dtypes else dtypes
     out = {"machine": {"cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
                        "python": platform.python_version(), "load_average_start": list(os.getloadavg())},
            "rows": []}
@@ -199,19 +226,25 @@ def main(argv=None) -> int:
         for n in paths:
             for dtype in dtypes:
                 big = name == "mlp 307k" or (name == "mlp 77k" and n == 64)
-                r = measure(name, n, dtype, torch.device("cpu"), steps=3 if big else 10, repeats=2 if big else 3)
+                r = measure(name, n, dtype, torch.device("cpu"), steps=3 if big else args.steps,
+                            repeats=2 if big else 3)
                 out["rows"].append(r)
                 print(f"{r['model']:9s} {r['d']:>7,} {r['paths']:>5d} {r['dtype']:7s} {r['loop_ms']:8.2f} "
                       f"{r['run_steps_ms']:8.2f} {r['record_ms']:8.2f} {r['auto_every']:>4d} {r['run_default_ms']:8.2f} "
                       f"{r['run_vs_loop']:6.2f} {r['record_share']:6.1%} {r['sde1_step_ms']:8.2f} "
                       f"{r['sde1_per_time_vs_run']:13.2f}", flush=True)
+    out["two_point"] = two_point()
+    tp = out["two_point"]
+    print(f"linear OU, d=20, 10^4 paths, 1 thread: Gaussian {tp['gaussian_ms']:.3f} ms/step, two-point "
+          f"{tp['two_point_ms']:.3f} ms/step: {tp['speedup']:.2f}x", flush=True)
     if args.memory:
         out["memory"] = {name: memory_per_path(name) for name in names}
         for name, mem in out["memory"].items():
             print(f"memory per path, {name}: " + ", ".join(f"{k} {v:.0f} KiB" for k, v in mem.items()), flush=True)
     out["machine"]["load_average_end"] = list(os.getloadavg())
     print(f"load average at end: {out['machine']['load_average_end']}")
-    path = HERE / "results" / ("module_quick.json" if args.quick else "module.json")
+    path = HERE / "results" / ("module.json" if not (args.quick or args.models or args.paths or args.dtypes)
+                                else "module_quick.json")
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")

@@ -109,22 +109,81 @@ def nonlinear_lines(path: Path) -> list[str]:
     return L
 
 
+def module_lines(path: Path) -> list[str]:
+    """The section of bench_module.py (results/module.json, else module_quick.json), if it has been run."""
+    if not path.exists():
+        quick = path.with_name("module_quick.json")
+        if not quick.exists():
+            return []
+        path = quick
+    res = json.loads(path.read_text())
+    m = res["machine"]
+    L = ["## Module problems: ss.run and the order-1 SDE vs the per-path nn.Module loop (bench_module.py)\n"]
+    L.append(f"`python benchmarks/bench_module.py{' --quick' if 'quick' in path.name else ''}` "
+             f"({m['cpu_threads']} threads; load average {m['load_average_start'][0]:.1f} at the start, "
+             f"{m['load_average_end'][0]:.1f} at the end: the machine was shared with other jobs, so absolute "
+             "times are inflated and only the ratios, measured in the same process, are meaningful). SAM, lr = "
+             "rho = 0.05, B = 32, all 1,797 digits. ms per step (best of repeats): `loop` one nn.Module per path "
+             "with SAM's two forward/backward passes written as davda54/sam does; `run` ss.run's steps alone; "
+             "`record` one full-batch loss over all paths; `r` the interval `record_every=\"auto\"` chooses; "
+             "`default` = run + record / r (a default ss.run, per step); `share` = record / r / run (cost model "
+             "target <= 10%); `SDE 1` the order-1 SDE step (two-draw scheme) at dt = lr/2; `per unit time` = "
+             "2 SDE steps / 1 run step.\n")
+    rows = [[r["model"], f"{r['d']:,}", r["paths"], r["dtype"], fmt(r["loop_ms"]), fmt(r["run_steps_ms"]),
+             fmt(r["record_ms"]), r["auto_every"], fmt(r["run_default_ms"]), f"**{r['run_vs_loop']:.2f}x**",
+             f"{r['record_share']:.1%}", fmt(r["sde1_step_ms"]), f"**{r['sde1_per_time_vs_run']:.1f}x**"]
+            for r in res["rows"]]
+    L.append(table(["model", "d", "paths", "dtype", "loop", "run", "record", "r", "default", "default / loop",
+                    "share", "SDE 1", "SDE 1 / run per unit time"], rows))
+    L.append("")
+    if "memory" in res:
+        L.append("Memory per path (peak RSS of a child process with 64 paths minus one with 8, over 56; float32):\n")
+        L.append(table(["model", "loop KiB/path", "run KiB/path", "SDE 1 KiB/path"],
+                       [[k, f"{v['loop_kib_per_path']:.0f}", f"{v['run_kib_per_path']:.0f}",
+                         f"{v['sde1_kib_per_path']:.0f}"] for k, v in res["memory"].items()]))
+        L.append("")
+    if "two_point" in res:
+        tp = res["two_point"]
+        L.append(f"**Two-point increments** (`increments=\"two_point\"`, signs from random 64-bit words, 64 per word): "
+                 f"the linear USAM SDE at d = 20, 10^4 paths, float32, one thread: Gaussian {fmt(tp['gaussian_ms'])} "
+                 f"ms/step, two-point {fmt(tp['two_point_ms'])} ms/step, **{tp['speedup']:.2f}x** (target >= 1.5x).\n")
+    return L
+
+
+GPU_COMMAND = ("timeout 600 sh -c 'python -m pytest -q -rs tests/test_cuda.py; python benchmarks/bench_gpu.py && "
+               "python benchmarks/make_readme.py'")
+
+
 def gpu_lines(path: Path) -> list[str]:
     """The section of bench_gpu.py, or a note that it has not been run on a GPU yet."""
     L = ["## GPU throughput (bench_gpu.py)\n"]
+    L.append("One command, on one CUDA GPU, runs the CUDA tests (module problems included) and the GPU benchmark "
+             "(under 10 minutes), prints the tables and rewrites this README with them:\n")
+    L.append(f"```\n{GPU_COMMAND}\n```\n")
+    L.append("Without CUDA both exit cleanly (the tests skip, the benchmark says so and exits 0).\n")
     if not path.exists():
-        L.append("`python benchmarks/bench_gpu.py` prints path-steps/s of the linear USAM SDE at d = 20 and 10^6 "
-                 "paths and of the order-1 SAM SDE (two-draw scheme) on the 67-parameter MLP, beside discrete SAM, "
-                 "on one CUDA device, and writes `results/gpu.json`. Not measured yet: no GPU was available to the "
-                 "session that wrote it.\n")
+        L.append("`python benchmarks/bench_gpu.py` measures the module benchmark (conv net d = 2,210 and the 19k "
+                 "MLP, 64 to 4,096 paths: ss.run, the order-1 SDE and the per-path loop), path-steps/s of the linear "
+                 "USAM SDE at d = 20 and 10^6 paths and of the order-1 SAM SDE (two-draw scheme) on the 67-parameter "
+                 "MLP, beside discrete SAM, and writes `results/gpu.json`. Not measured yet: no GPU was available to "
+                 "the sessions that wrote it.\n")
         return L
     res = json.loads(path.read_text())
     L.append(f"`python benchmarks/bench_gpu.py` on {res['device']} (torch {res['torch']}, CUDA {res['cuda']}), "
              "best of 3 after a warm-up, observables at start and end only.\n")
+    if res.get("module"):
+        L.append("Module problems, float32, ms per step (the loop timed over at most 64 paths, scaled per path):\n")
+        L.append(table(["model", "d", "paths", "loop", "run", "default", "default / loop", "SDE 1",
+                        "SDE 1 / run per unit time"],
+                       [[r["model"], f"{r['d']:,}", f"{r['paths']:,}", fmt(r["loop_ms"]), fmt(r["run_steps_ms"]),
+                         fmt(r["run_default_ms"]), f"{r['run_vs_loop']:.3f}x", fmt(r["sde1_step_ms"]),
+                         f"{r['sde1_per_time_vs_run']:.1f}x"] for r in res["module"]]))
+        L.append("")
     rows = [[r["case"], f"{r['n_paths']:,}", r["steps"], fmt(r["seconds"]), f"{r['path_steps_per_s']:.3g}"]
             for r in res["rows"]]
-    L.append(table(["case", "paths", "steps", "s", "path-steps / s"], rows))
-    L.append("")
+    if rows:
+        L.append(table(["case", "paths", "steps", "s", "path-steps / s"], rows))
+        L.append("")
     return L
 
 
@@ -326,6 +385,7 @@ def main(sde_json: Path = HERE / "results" / "sde.json", discrete_json: Path = H
                  "scheme (next section), two effective gradients per path-step whatever K or the batch size.\n")
 
     L += nonlinear_lines(HERE / "results" / "nonlinear.json")
+    L += module_lines(HERE / "results" / "module.json")
     L += gpu_lines(HERE / "results" / "gpu.json")
 
     if res.get("engine"):

@@ -71,7 +71,7 @@ def _cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["weak-error", "--paths", "0"], "argument --paths: must be >= 2, got 0"),
+    (["weak-error", "--paths", "0"], "argument --paths: must be >= 4, got 0"),
     (["--threads", "0", "weak-error"], "argument --threads: must be >= 1, got 0"),
     (["weak-error", "--rho", "-1"], "argument --rho: must be >= 0, got -1"),
     (["weak-error", "--rho", "-0.50"], "argument --rho: must be >= 0, got -0.50"),  # as typed, not the derived rho
@@ -82,7 +82,14 @@ def _cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
     (["weak-error", "--horizon", "0"], "argument --horizon: must be > 0, got 0"),
     (["weak-error", "--paths", "2.5"], "argument --paths: expected an integer, got '2.5'"),
     (["weak-error", "--method", "unifiedsam", "--lam", "2"], "argument --lam: must be in [0, 1], got 2"),
-    (["weak-error", "--lrs", "0.1,0.05", "--horizon", "0.07"], "`horizon` must be >= the largest lr"),
+    (["weak-error", "--lrs", "0.1,0.05", "--horizon", "0.07"], "argument --horizon: `horizon` must be >= the largest lr"),
+    (["weak-error", "--lrs", "0.1,,0.05"], "argument --lrs: empty entry in the comma-separated list '0.1,,0.05'"),
+    (["weak-error", "--paths", "2"], "argument --paths: must be >= 4, got 2"),
+    (["weak-error", "--lrs", "0.1,0.05", "--horizon", "1e308"], "argument --horizon: `horizon`=1e+308 means inf steps"),
+    (["weak-error", "--test-functions", "grad_norm", "--mode", "exact"], "argument --test-functions: no test function"),
+    (["weak-error", "--problem", "teacher_student", "--orders", "1", "--dt-ratio", "1", "--paths", "64"],
+     "argument --dt-ratio: `dt_ratio`=1 makes dt = lr"),
+    (["reproduce", "all", "--results", __file__], "argument --results: "),
     pytest.param(["weak-error", "--coupling", "--problem", "linear_regression", "--orders", "1"],
                  "`coupling=True` does not apply", id="coupling-needs-gaussian-noise",
                  marks=pytest.mark.skipif(not cli._weak_error_accepts("coupling"), reason="no coupling= yet")),

@@ -172,7 +172,7 @@ def draws(problem, value, *, lead: tuple[int, ...], name: str = "draws") -> None
     sample = problem.sample_draws((1,), torch.Generator(device=problem.device).manual_seed(0))
     want = sample if isinstance(sample, tuple) else (sample,)
     got = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    kind = "mini-batch indices" if getattr(problem, "batch_size", None) is not None else "noise vectors"
+    kind = "noise vectors" if want[0].dtype.is_floating_point else "mini-batch indices"
     if isinstance(value, (tuple, list)) != isinstance(sample, tuple) or len(got) != len(want) \
             or not all(isinstance(t, Tensor) for t in got):
         raise TypeError(f"`{name}` must be {'a tuple of tensors' if isinstance(sample, tuple) else 'a tensor'} "

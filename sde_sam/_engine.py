@@ -259,13 +259,13 @@ def _advance(x: Tensor, state, per_step, k_first: int, step: Step, records: _Rec
     for k, draw in enumerate(per_step, start=k_first):
         out = step(x, draw, state, k - 1)
         x, state, fired = out[:3]
+        if records.batch and len(out) < 4:  # at the first step, not the first recording
+            raise ValueError("the 'batch_loss' observable needs a step that reports the loss of its draw "
+                             "(returns (x_next, state, guard, batch_loss)); this one does not")
         if fired is not None:
             records.count(fired)
         i = slot.get(k)
         if i is not None:
-            if records.batch and len(out) < 4:
-                raise ValueError("the 'batch_loss' observable needs a step that reports the loss of its draw "
-                                 "(returns (x_next, state, guard, batch_loss)); this one does not")
             records.record(x, i, out[3] if len(out) > 3 else None)
     return x, state
 

@@ -57,7 +57,9 @@ def effective_grad(problem: Problem, method: Method, x: Tensor, draws, *, eps: f
 
 
 def _advance(problem: Problem, method: Method, x: Tensor, draws, state: StepState, eps: float):
-    """One step from a valid state (no checks): ``(x_next, state_next)``."""
+    """One step from a valid state (no checks): ``(x_next, state_next)``. A scheduled method takes the step of
+    its constant method at step ``state.k`` (MATH §2.3)."""
+    method = method.at(state.k)
     v = state.v
     if method.uses_eigenvector and state.k > 0 and state.k % method.refresh_every == 0:
         v = power_iteration(lambda u: problem.stochastic_hvp(x, u, draws), v, method.power_iters, eps)

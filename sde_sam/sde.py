@@ -70,6 +70,8 @@ class SDEModel:
     def __init__(self, problem: Problem, method: Method, *, order, diffusion: str, expectation, seed: int,
                  momentum_model: str = "first_order"):
         self.problem, self.method, self.order, self.diffusion = problem, method, order, diffusion
+        self._options = dict(order=order, diffusion=diffusion, expectation=expectation, seed=seed,
+                             momentum_model=momentum_model)
         self.lr = method.lr
         self.eps = method.eps if method.eps is not None else problem.default_eps()
         self.momentum_model = momentum_model
@@ -90,6 +92,22 @@ class SDEModel:
             A, F = self._linear()
             self.linear = (A, F) if self.friction is None else phase_space.linear(
                 A, phase_space.noise_scale(self.lr) * F, self.friction)
+
+    # -- schedules (MATH §3.6): the model of each step ----------------------------------------------
+    def at_step(self, k: int) -> "SDEModel":
+        r"""The model of step ``k`` of a scheduled method: the constant method :math:`(\eta_k, \rho_k)`'s model.
+
+        On the nominal clock :math:`\tau = k\eta` a solver step :math:`\Delta\tau` of a scheduled method is a step
+        :math:`u_k\Delta\tau` (:math:`u_k = \eta_k/\eta`, :meth:`time_factor`) of this model on its own clock: drift
+        :math:`u_k b_k` and noise :math:`\sqrt\eta\,u_k\sigma_k = \sqrt{u_k}\,(\sqrt{\eta_k}\sigma_k)` per unit
+        :math:`\tau` (:mod:`sde_sam.schedules`) [derived]. ``self`` when nothing is scheduled."""
+        if not self.method.scheduled:
+            return self
+        return SDEModel(self.problem, self.method.at(k), **self._options)
+
+    def time_factor(self, k: int) -> float:
+        r""":math:`u_k = \eta_k/\eta`: the model's time per unit of nominal time during step ``k`` (1 unscheduled)."""
+        return self.method.lr_at(k) / self.lr
 
     @property
     def mode(self) -> str:
@@ -386,5 +404,8 @@ def sde_model(problem: Problem, method: Method, *, order=1, diffusion: str = "fa
     expectations.check_expectation(expectation)
     phase_space.check_momentum_model(momentum_model)
     method.check_ready()
+    if method.scheduled and momentum_model == "phase_space":
+        raise ValueError("a scheduled lr or rho needs momentum_model='first_order': the phase-space model's clock "
+                         "t = k*sqrt(lr) and friction (1-beta)/sqrt(lr) assume a constant lr")
     return SDEModel(problem, method, order=order, diffusion=diffusion, expectation=expectation, seed=seed,
                     momentum_model=momentum_model)

@@ -35,6 +35,7 @@ Every division by a norm is guarded, :math:`\|u\| \to \max(\|u\|, \epsilon)`, wi
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from numbers import Real
@@ -43,7 +44,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor
 
-from .. import _checks
+from .. import _checks, schedules
 
 ORACLES = frozenset({"full_grad", "eigenvector", "hvp", "grad_at", "x"})
 """Everything a perturbation may ask for besides the stochastic gradient."""
@@ -51,7 +52,7 @@ ORACLES = frozenset({"full_grad", "eigenvector", "hvp", "grad_at", "x"})
 #: Options added after the first release: shown by ``repr``/``describe`` only when set, so that existing
 #: tables and configs stay as they were.
 _OPTIONS = {"weight_decay": 0.0, "micro_batch": None, "ascent_steps": 1, "ascent_step_size": None,
-            "ascent_normalized": True}
+            "ascent_normalized": True, "lr_schedule": None, "rho_schedule": None}
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,11 @@ class Method:
     MATH §2's table.
 
     Attributes:
-        lr: Learning rate :math:`\eta > 0`.
+        lr: Learning rate :math:`\eta > 0`; or a schedule (MATH §2.3): a shape on the SDE clock from
+            :mod:`sde_sam.schedules` or any callable ``k -> value`` of the step index. A schedule is stored in
+            :attr:`lr_schedule` and ``lr`` holds its base value :math:`\eta` (the clock :math:`\tau = k\eta` and the
+            value a study shrinks); step ``k`` uses :meth:`lr_at`.
+        lr_schedule: The schedule of the learning rate (``None``: constant). Set through ``lr=``.
         eps: Norm guard (``None``: the problem's default, see the module docstring).
         momentum: Momentum :math:`\beta\in[0,1)` on the effective gradient (0: none), as ``torch.optim.SGD``.
         nesterov: Nesterov's form instead of heavy ball (needs ``momentum > 0``, as ``torch.optim.SGD``).
@@ -118,6 +123,7 @@ class Method:
     momentum: float = field(default=0.0, kw_only=True)
     nesterov: bool = field(default=False, kw_only=True)
     weight_decay: float = field(default=0.0, kw_only=True)
+    lr_schedule: "schedules.Schedule | schedules.ByStep | None" = field(default=None, kw_only=True)
 
     name: ClassVar[str] = "method"
     #: False for SGD, whose step needs a single gradient.
@@ -128,6 +134,7 @@ class Method:
     base_oracles: ClassVar[frozenset] = frozenset()
 
     def __post_init__(self):
+        self._resolve_schedule("lr")
         self._set("lr", _checks.positive("lr", self.lr))
         if self.eps is not None:
             self._set("eps", _checks.positive("eps", self.eps))
@@ -143,6 +150,18 @@ class Method:
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)  # frozen dataclass: store the validated (float) value
+
+    def _resolve_schedule(self, name: str) -> None:
+        """``name=`` given a schedule: store it in ``<name>_schedule`` and its base value in ``name``. A copy
+        with another base value (``with_lr``, ``with_rho``) rebases the schedule: same shape, new value."""
+        base, sched = schedules.resolve(name, getattr(self, name))
+        if sched is not None:
+            self._set(name, base)
+            self._set(f"{name}_schedule", sched)
+            return
+        sched = getattr(self, f"{name}_schedule")
+        if sched is not None and base is not None and base != sched.base:
+            self._set(f"{name}_schedule", sched.rebase(base))
 
     # -- declarations -----------------------------------------------------------------------------------
     @property
@@ -206,7 +225,35 @@ class Method:
         return dataclasses.replace(self, rho=rho)
 
     def with_lr(self, lr: float) -> "Method":
+        """A copy with base learning rate ``lr`` (a schedule keeps its shape on the SDE clock)."""
         return dataclasses.replace(self, lr=lr)
+
+    # -- schedules (MATH §2.3) ------------------------------------------------------------------------
+    @property
+    def scheduled(self) -> bool:
+        """True when the learning rate or the radius changes from step to step."""
+        return self.lr_schedule is not None or getattr(self, "rho_schedule", None) is not None
+
+    def lr_at(self, k: int) -> float:
+        r""":math:`\eta_k`, the learning rate of step ``k = 0, 1, ...``."""
+        return self.lr if self.lr_schedule is None else self.lr_schedule.value(k, self.lr)
+
+    def rho_at(self, k: int) -> float:
+        r""":math:`\rho_k`, the radius of step ``k`` (0 for SGD)."""
+        return self.rho
+
+    def at(self, k: int) -> "Method":
+        r"""The constant method of step ``k``: ``lr`` and ``rho`` fixed at :math:`\eta_k`, :math:`\rho_k`, no
+        schedule (``self`` when nothing is scheduled). Every step of a scheduled method is this method's step."""
+        if not self.scheduled:
+            return self
+        step = copy.copy(self)  # not dataclasses.replace: eta_k = 0 (a schedule's end) is a valid step
+        step._set("lr", self.lr_at(k))
+        step._set("lr_schedule", None)
+        if hasattr(step, "rho_schedule"):
+            step._set("rho", self.rho_at(k))
+            step._set("rho_schedule", None)
+        return step
 
     # -- the perturbation and the step ------------------------------------------------------------------
     def perturbation(self, g: Tensor, *, eps: float, full_grad: Tensor | None = None, v: Tensor | None = None,
@@ -260,7 +307,8 @@ class Method:
 
     def describe(self) -> dict:
         """The hyper-parameters as a flat dict (for tables and configs); options only when set."""
-        return {"method": self.name, **dict(self._shown_fields())}
+        return {"method": self.name, **{k: v.describe() if hasattr(v, "describe") else v
+                                         for k, v in self._shown_fields()}}
 
 
 @dataclass(frozen=True, repr=False)
@@ -268,7 +316,9 @@ class Perturbing(Method):
     r"""A method with a perturbation radius :math:`\rho` and the m-SAM option.
 
     Attributes:
-        rho: Radius :math:`\rho \ge 0` (``None``: a template whose radius a study sets, :meth:`with_rho`).
+        rho: Radius :math:`\rho \ge 0` (``None``: a template whose radius a study sets, :meth:`with_rho`); or a
+            schedule (:mod:`sde_sam.schedules`, e.g. ``follow_lr(ρ)`` for :math:`\rho_k=\rho\,\eta_k/\eta`), stored
+            in :attr:`rho_schedule` with its base value in ``rho``; step ``k`` uses :meth:`rho_at`.
         micro_batch: m-SAM (MATH §2.2): split each mini-batch of size :math:`B`, in order, into :math:`B/m`
             micro-batches of size ``m``, each with its own perturbation, and average their effective gradients.
             Mini-batch problems only; ``m`` must divide :math:`B`; ``None`` (or ``m = B``) is the plain method.
@@ -276,9 +326,12 @@ class Perturbing(Method):
 
     rho: float | None = None
     micro_batch: int | None = field(default=None, kw_only=True)
+    rho_schedule: "schedules.Schedule | schedules.ByStep | schedules.FollowLR | None" = field(default=None,
+                                                                                            kw_only=True)
 
     def __post_init__(self):
         super().__post_init__()
+        self._resolve_schedule("rho")
         if self.rho is not None:
             self._set("rho", _checks.nonneg("rho", self.rho))
         if self.micro_batch is not None:
@@ -303,6 +356,14 @@ class Perturbing(Method):
         if B % self.micro_batch:
             raise ValueError(f"`micro_batch` must divide the batch size B={B} (one perturbation per micro-batch of "
                              f"size m), got micro_batch={self.micro_batch}")
+
+    def rho_at(self, k: int) -> float:
+        sched = self.rho_schedule
+        if sched is None or self.rho is None:
+            return self.rho
+        if isinstance(sched, schedules.FollowLR):
+            return self.rho * self.lr_at(k) / self.lr
+        return sched.value(k, self.lr)
 
     def micro_batches(self, problem) -> int:
         # With rho = 0 there is no perturbation, so the split would change nothing but the rounding: not split.

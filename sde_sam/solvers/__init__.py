@@ -103,6 +103,8 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
     record_every = obs_mod.check_record_every(record_every)
     max_norm = _checks.max_norm(max_norm)
     solver = _resolve_solver(sde, solver, backend=backend, dt=dt, increments=increments)
+    if sde.method.scheduled:
+        _check_schedule_grid(sde, solver, dt=dt, backend=backend)
     if dt >= sde.step_time:
         what = "lr" if sde.friction is None else "sqrt(lr)"
         warnings.warn(f"dt={dt} >= {what}={sde.step_time}: Euler–Maruyama at dt >= {what} cannot separate the SDE "
@@ -131,6 +133,17 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
     return solver.integrate(sde, x, steps=steps, dt=dt, seed=seed, record_every=record_every, observables=obs,
                             chunk_size=chunk_size, max_norm=max_norm, progress=progress, increments=increments,
                             info=info)
+
+
+def _check_schedule_grid(sde: SDEModel, solver: Solver, *, dt: float, backend: str) -> None:
+    """A scheduled method's solver grid must not straddle a step of the schedule (MATH §3.6)."""
+    ratio = sde.lr / dt
+    if abs(ratio - round(ratio)) > 1e-9 * ratio:
+        raise ValueError(f"a scheduled lr or rho needs lr/dt to be an integer (solver steps never straddle a step "
+                         f"of the schedule, MATH §3.6), got lr={sde.lr}, dt={dt} (lr/dt={ratio:g})")
+    if backend == "torchsde" or isinstance(solver, Coupled):
+        raise ValueError(f"a scheduled lr or rho is integrated by the native schemes (EulerMaruyama, FusedLinear, "
+                         f"TwoDraw), got backend={backend!r}, solver={type(solver).__name__}")
 
 
 def _resolve_solver(sde: SDEModel, solver, *, backend: str, dt: float, increments: str) -> Solver:

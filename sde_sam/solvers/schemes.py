@@ -40,6 +40,28 @@ class Solver:
         """``step(x, rand, v, k) -> (x_next, v, None)`` for :func:`sde_sam._engine.drive` (no norm guard)."""
         raise NotImplementedError
 
+    def scheduled_step(self, sde: SDEModel, dt: float) -> _engine.Step:
+        r""":meth:`step`, or for a scheduled method (MATH §3.6, :mod:`sde_sam.schedules`) the step of the model of
+        the current method step :math:`j` (:meth:`SDEModel.at_step`) over its own time :math:`u_j\,\Delta	au`:
+        solver step ``k`` lies in method step ``j = k // (lr/dt)`` (the grid is aligned: ``lr/dt`` an integer)."""
+        if not sde.method.scheduled:
+            return self.step(sde, dt)
+        per_step = round(sde.lr / dt)
+        steps: dict[int, _engine.Step] = {}
+
+        def identity(x, rand, v, k):
+            return x, v, None
+
+        def step(x: Tensor, rand, v, k: int):
+            j = k // per_step
+            fn = steps.get(j)
+            if fn is None:  # one model per method step, built once (chunks reuse it)
+                u = sde.time_factor(j)
+                fn = steps[j] = identity if u == 0.0 else self.step(sde.at_step(j), u * dt)
+            return fn(x, rand, v, k)
+
+        return step
+
     def step_cost(self, sde: SDEModel) -> float | None:
         """One step per path in per-sample gradient evaluations (for ``record_every="auto"``), or ``None``."""
         base = obs_mod.step_cost(sde.problem, sde.method)
@@ -60,8 +82,8 @@ class Solver:
             init = lambda z, gauss: sde.init_state(sde.position(z), gauss[..., :d])  # noqa: E731
         traj = _engine.drive(sde.lift(x), steps=steps, record_every=record_every, observables=observables, seed=seed,
                              chunk_size=chunk_size, max_norm=max_norm, progress=progress,
-                             sampler=self.sampler(sde, increments), step=self.step(sde, dt), init=init, dt=dt,
-                             info=info)
+                             sampler=self.sampler(sde, increments), step=self.scheduled_step(sde, dt), init=init,
+                             dt=dt, info=info)
         return traj if sde.friction is None else dataclasses.replace(traj, x_final=sde.position(traj.x_final))
 
 

@@ -29,9 +29,6 @@ def _exact_applicable(problem: Problem, method: Method) -> str | None:
     if affine is None or affine.kind not in ("sgd", "usam") or not affine.every_order_on_quadratics:
         return (f"the method is {method.name}, not SGD or USAM (with or without momentum), whose step is "
                 "linear on a quadratic")
-    if method.weight_decay != 0.0:
-        return (f"the method has weight_decay={method.weight_decay:g}, which the exact moments do not include "
-                "yet (its step is linear, A + λI)")
     return None
 
 
@@ -80,15 +77,28 @@ def _quad_expectations(names: Sequence[str], H: np.ndarray, m: np.ndarray, C: np
     return out
 
 
-def _linear_recursion(M: np.ndarray, N: np.ndarray, x0: np.ndarray, ks: Sequence[int]):
-    """Moments of :math:`x_{k+1} = Mx_k + \\text{noise}` (noise covariance ``N``) at the steps ``ks``."""
-    m, C = x0.copy(), np.zeros((len(x0), len(x0)))
+def _linear_recursion(M, N, x0: np.ndarray, ks: Sequence[int], C0: np.ndarray | None = None):
+    """Moments of :math:`x_{k+1} = M_kx_k + \\text{noise}` (noise covariance ``N_k``) at the steps ``ks``.
+
+    ``M``, ``N``: matrices (constant coefficients) or callables ``k -> matrix`` (a schedule: piecewise-constant
+    coefficients, MATH §3.6). ``C0``: the initial covariance (default 0)."""
+    m, C = x0.copy(), np.zeros((len(x0), len(x0))) if C0 is None else C0
     want, ms, Cs = set(ks), [], []
     for k in range(ks[-1] + 1):
         if k in want:
             ms.append(m.copy()), Cs.append(C.copy())
-        m, C = M @ m, M @ C @ M.T + N
+        Mk, Nk = (M(k), N(k)) if callable(M) else (M, N)
+        m, C = Mk @ m, Mk @ C @ Mk.T + Nk
     return np.array(ms), np.array(Cs)
+
+
+def _ou_step(A: np.ndarray, Q: np.ndarray, lr: float, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""``(E, N)`` of the exact OU transition over time ``tau``: :math:`X(\tau) = EX(0) + \text{noise}`, Cov ``N``
+    (:func:`_ou_moments` from zero, A symmetric)."""
+    a, V = np.linalg.eigh(A)
+    E = (V * np.exp(-a * tau)) @ V.T
+    _, C = _ou_moments(A, Q, lr, np.zeros(len(A)), np.array([tau]))
+    return E, C[0]
 
 
 def _ou_moments(A: np.ndarray, Q: np.ndarray, lr: float, x0: np.ndarray, times: np.ndarray):
@@ -129,6 +139,8 @@ def exact_cell(spec) -> pd.DataFrame:
     from .cells import frame
 
     problem, m, x0 = spec.problem, spec.method, spec.x0
+    if m.scheduled:
+        return _scheduled_cell(spec)
     H = 0.5 * (problem.H + problem.H.T).detach().cpu().double().numpy()
     x = x0.detach().cpu().double().numpy()
     lr, names, d = m.lr, list(spec.tfs), x0.shape[0]
@@ -137,6 +149,7 @@ def exact_cell(spec) -> pd.DataFrame:
     zeros = {"se": np.zeros(len(ks))}
     if spec.kind == "discrete":
         A, Q = _linear_model(problem, m.rho, 1, "factor")  # USAM's step: x - lr (A x + P Z), Cov(P Z) = Q
+        A = A + m.weight_decay * np.eye(d)  # weight decay: G + λx (MATH §2.3)
         M, N = _discrete_system(A, Q, lr, m.momentum, m.nesterov)
         s0 = np.concatenate([x, np.zeros(len(M) - d)])
         ms, Cs = _linear_recursion(M, N, s0, ks)
@@ -146,6 +159,7 @@ def exact_cell(spec) -> pd.DataFrame:
             return frame(times, {k: {"mean": v, **zeros} for k, v in vals.items()}, unstable=radius)
         return frame(times, {k: {"mean": v, **zeros} for k, v in vals.items()})
     A, Q = _linear_model(problem, m.rho, spec.order, spec.diffusion)
+    A = A + m.weight_decay * np.eye(d)  # drift −λX at every order (MATH §3.6)
     scale = 1.0 / (1.0 - m.momentum)  # momentum: the plain model at the effective rate lr/(1-β) (MATH §3.5)
     A, Q = scale * A, scale**2 * Q
     if spec.solver:  # Euler–Maruyama's own moments at dt and dt/2: the solver error, exactly
@@ -156,4 +170,71 @@ def exact_cell(spec) -> pd.DataFrame:
             em.append(_quad_expectations(names, H, ms, Cs))
         return frame(times, {k: {"mean": em[0][k] - em[1][k], **zeros} for k in names})
     ms, Cs = _ou_moments(A, Q, lr, x, times)
+    return frame(times, {k: {"mean": v, **zeros} for k, v in _quad_expectations(names, H, ms, Cs).items()})
+
+
+def _scheduled_cell(spec) -> pd.DataFrame:
+    r"""Exact moments of a scheduled method (MATH §3.6): piecewise-constant coefficients, step by step.
+
+    The discrete side takes step :math:`k`'s linear system at :math:`(\eta_k, \rho_k)`. The model on the nominal
+    clock (:mod:`sde_sam.schedules`) is, over :math:`[k\eta, (k+1)\eta)`, the OU process with drift matrix
+    :math:`u_kA_k` and noise :math:`\sqrt\eta\,u_kQ_k^{1/2}` (:math:`u_k=\eta_k/\eta`): its exact transition over
+    one step is a matrix exponential and a Lyapunov integral (:func:`_ou_step`); the solver check takes
+    Euler–Maruyama's sub-steps of those coefficients."""
+    from .cells import frame
+
+    problem, m, x0 = spec.problem, spec.method, spec.x0
+    H = 0.5 * (problem.H + problem.H.T).detach().cpu().double().numpy()
+    x = x0.detach().cpu().double().numpy()
+    lr, names, d = m.lr, list(spec.tfs), x0.shape[0]
+    ks = record_times(spec.steps, spec.every)
+    times = np.array(ks) * lr
+    zeros = {"se": np.zeros(len(ks))}
+    wd = m.weight_decay * np.eye(d)
+    order = 1 if spec.kind == "discrete" else spec.order
+    diffusion = "factor" if spec.kind == "discrete" else spec.diffusion
+    coef = {}
+
+    def model(k: int):  # (A_k, Q_k) of step k's constant method, weight decay included
+        if k not in coef:
+            A, Q = _linear_model(problem, m.rho_at(k), order, diffusion)
+            coef[k] = (A + wd, Q)
+        return coef[k]
+
+    if spec.kind == "discrete":
+        systems = {}
+
+        def system(k):
+            if k not in systems:
+                systems[k] = _discrete_system(*model(k), m.lr_at(k), m.momentum, m.nesterov)
+            return systems[k]
+
+        n_state = len(system(0)[0])
+        s0 = np.concatenate([x, np.zeros(n_state - d)])
+        ms, Cs = _linear_recursion(lambda k: system(k)[0], lambda k: system(k)[1], s0, ks)
+        vals = _quad_expectations(names, H, ms[:, :d], Cs[:, :d, :d])
+        return frame(times, {k: {"mean": v, **zeros} for k, v in vals.items()})
+    scale = 1.0 / (1.0 - m.momentum)
+
+    def scaled(k: int):  # the nominal-clock coefficients of step k
+        u = m.lr_at(k) / lr
+        A, Q = model(k)
+        return u * scale * A, (u * scale) ** 2 * Q
+
+    if spec.solver:
+        em = []
+        for r in (spec.dt_ratio, 2 * spec.dt_ratio):
+            step = lambda i: (np.eye(d) - lr / r * scaled(i // r)[0], lr**2 / r * scaled(i // r)[1])  # noqa: E731
+            ms, Cs = _linear_recursion(lambda i: step(i)[0], lambda i: step(i)[1], x,
+                                       record_times(spec.steps * r, spec.every * r))
+            em.append(_quad_expectations(names, H, ms, Cs))
+        return frame(times, {k: {"mean": em[0][k] - em[1][k], **zeros} for k in names})
+    steps = {}
+
+    def transition(k: int):
+        if k not in steps:
+            steps[k] = _ou_step(*scaled(k), lr, lr)
+        return steps[k]
+
+    ms, Cs = _linear_recursion(lambda k: transition(k)[0], lambda k: transition(k)[1], x, ks)
     return frame(times, {k: {"mean": v, **zeros} for k, v in _quad_expectations(names, H, ms, Cs).items()})

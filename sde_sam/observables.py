@@ -21,8 +21,9 @@ spend more of a step in per-call overhead, so the real share is lower.
 
 **Memory.** Full-batch observables are evaluated over groups of paths, at most ``chunk`` path-samples per
 call (default :data:`EVAL_CHUNK` on a CPU, :data:`EVAL_CHUNK_CUDA` on a GPU), and, where ``n`` alone exceeds it, over chunks of samples (then the value
-is the weighted sum of the chunks' means: equal to the one-call value up to rounding). Each path's value does
-not depend on the group it is evaluated in.
+is the weighted sum of the chunks' means: equal to the one-call value up to rounding). Each path's loss and
+gradient norm do not depend on the group it is evaluated in (bit for bit); ``lambda_max`` agrees to rounding
+(Lanczos' batched products may take other kernels for other numbers of rows).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-r"""A bridge to ordinary training: ``torch.optim``-style optimizers for every method and option (MATH §2, §2.1–§2.3).
+r"""A bridge to ordinary training: ``torch.optim``-style optimizers for every method and option (MATH §2, §2.1-2.3).
 
 ``ss.optim.SAM(model.parameters(), lr=0.1, rho=0.05, momentum=0.9)`` is a ``torch.optim.Optimizer`` whose
 ``step(closure)`` takes exactly the step :func:`sde_sam.step` takes on ``FiniteSum.from_module`` of the same model

@@ -41,14 +41,16 @@ def train(model, method, steps=range(STEPS), opt=None, v0=None):
     for k in steps:
         idx = DRAWS[k, 0]
 
-        def closure(s=slice(None)):
+        def closure(s=slice(None), idx=idx):  # m-SAM: the loss of batch[s]
             return F.cross_entropy(model(X[idx][s]), Y[idx][s])
 
         losses.append(opt.step(closure, batch_size=B, full_closure=lambda: F.cross_entropy(model(X), Y)))
     return opt, losses
 
 
-@pytest.mark.parametrize("method", rows())
+# The table, and m-SAM with micro-batches of 2 (the closure gets slice(0, 2), slice(2, 4)).
+@pytest.mark.parametrize("method", rows() + [pytest.param(ss.SAM(0.1, 0.2, micro_batch=2, momentum=0.9),
+                                                         id="SAM-m2-heavyball")])
 def test_optimizer_equals_run(method):
     model = make_model()
     prob = ss.FiniteSum.from_module(model, F.cross_entropy, (X, Y), batch_size=B)

@@ -127,12 +127,33 @@ def _method(args):
     from .methods import METHODS, SGD, EigenSAM, UnifiedSAM
 
     cls = METHODS[args.method]
+    lr = _lr_schedule(args.lr_schedule, args.lrs[0], args.horizon)
+    options = {"momentum": args.momentum, "weight_decay": args.weight_decay}
     if cls is SGD:
-        return cls(args.lrs[0]), None
+        if args.micro_batch is not None:
+            raise UsageError(f"argument --micro-batch: m-SAM is an option of a perturbing method, not of sgd, "
+                             f"got --micro-batch {args.micro_batch}")
+        return cls(lr, **options), None
     kwargs = {"lam": args.lam} if cls is UnifiedSAM else {"alpha": args.alpha} if cls is EigenSAM else {}
+    if args.micro_batch is not None:
+        kwargs["micro_batch"] = args.micro_batch
     c, p = args.rho, args.rho_power
     rho = c if p == 0 else functools.partial(_power_rho, c, p)  # a partial, not a lambda: it pickles
-    return cls(args.lrs[0], rho=c * args.lrs[0] ** p, **kwargs), rho
+    return cls(lr, rho=c * args.lrs[0] ** p, **options, **kwargs), rho
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear_warmup")
+
+
+def _lr_schedule(name: str, lr: float, horizon: float):
+    """``--lr-schedule``: a shape on the SDE clock over the study's horizon (:mod:`sde_sam.schedules`)."""
+    from . import schedules
+
+    if name == "constant":
+        return lr
+    if name == "cosine":
+        return schedules.cosine(lr, horizon=horizon)
+    return schedules.linear_warmup(lr, horizon=horizon, warmup=0.2)
 
 
 def _add_weak_error(sub) -> None:
@@ -159,6 +180,15 @@ def _add_weak_error(sub) -> None:
     p.add_argument("--rho-power", type=_number(0), default=0.5, help="0 for a fixed rho")
     p.add_argument("--lam", type=_number(0), default=0.5, help="Unified SAM's lambda, in [0, 1]")
     p.add_argument("--alpha", type=_number(0), default=0.2, help="Eigen-SAM's alpha")
+    p.add_argument("--momentum", type=_number(0), default=0.0,
+                   help="heavy-ball momentum beta in [0, 1), as torch.optim.SGD (MATH §2.1)")
+    p.add_argument("--weight-decay", type=_number(0), default=0.0,
+                   help="weight decay lambda in the base step, as torch.optim.SGD (MATH §2.3)")
+    p.add_argument("--micro-batch", type=_number(1, integer=True), default=None,
+                   help="m-SAM: one perturbation per micro-batch of this size (mini-batch problems; divides B)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="lr schedule on the SDE clock over --horizon (sde_sam.schedules; cosine: to 0, "
+                        "linear_warmup: over the first 20%%)")
     p.add_argument("--noise", type=_number(0), default=1.0,
                    help="gradient-noise covariance sigma² (quadratic and saddle only)")
     p.add_argument("--horizon", type=_number(0, strict=True), default=0.5,
@@ -276,7 +306,13 @@ def _run_weak_error(args) -> int:
     _check_out(out)
     t0 = time.perf_counter()
     problem, x0 = _problem(args)
-    method, rho = _method(args)
+    try:
+        method, rho = _method(args)
+    except ValueError as err:  # a hyper-parameter out of range: name the flag, as argparse does
+        text = str(err)
+        flag = next((f"--{name.replace('_', '-')}" for name in ("micro_batch", "momentum", "weight_decay", "lam",
+                                                                 "alpha", "rho") if f"`{name}`" in text), "--method")
+        raise UsageError(f"argument {flag}: {text}") from None
     extra = {"coupling": True} if getattr(args, "coupling", False) else {}
     with warnings.catch_warnings():
         if args.test_functions is None:  # the defaults per mode are in --help: no warning for dropping one

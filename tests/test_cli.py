@@ -162,3 +162,25 @@ def test_coupling_flag_is_passed_through(tmp_path, capsys):
                      "--paths", "256", "--orders", "1", "--test-functions", "loss", "--no-solver-check",
                      "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text()).get("coupling") is True
+
+
+def test_method_options_reach_the_study(tmp_path, capsys):
+    """--lr-schedule, --weight-decay, --momentum: the method the study runs (exact mode, a cosine on the SDE clock)."""
+    out = tmp_path / "sched"
+    assert cli.main(["--threads", "1", "weak-error", "--lrs", "0.1,0.05", "--lr-schedule", "cosine",
+                     "--weight-decay", "0.1", "--momentum", "0.5", "--orders", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    text = json.dumps(config)
+    assert "cosine" in text and "0.1" in text and config["mode"] == "exact"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["weak-error", "--momentum", "1.5"], "argument --momentum: `momentum` must be a number in [0, 1)"),
+    (["weak-error", "--method", "sgd", "--micro-batch", "2"], "argument --micro-batch: m-SAM is an option"),
+    (["weak-error", "--micro-batch", "2"], "needs a mini-batch problem"),
+    (["weak-error", "--lr-schedule", "steps"], "invalid choice"),
+])
+def test_method_option_errors(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--out", str(tmp_path / "o")])
+    assert info.value.code == 2 and message in capsys.readouterr().err

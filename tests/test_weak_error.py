@@ -442,3 +442,20 @@ def test_process_pool_gives_the_same_table(quad, x0):
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         remote = _tiny(quad, x0, solver_check=False, executor=pool)
     pd.testing.assert_frame_equal(remote.table, reference.table, check_exact=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["ASAM", "m-SAM", "multi-step", "weight decay"])
+def test_new_options_first_order_models_have_order_one(which):
+    """Issue 18: ASAM, m-SAM (m = B/4), multi-step SAM (q = 3) and SAM with weight decay against their order-1
+    SDEs (the general construction, MATH §3.6), ρ = 0.3·√η: the slope's CI contains 1."""
+    batch = 4 if which == "m-SAM" else 1
+    prob = ss.problems.teacher_student(n=8, d_in=2, width=2, seed=1, batch_size=batch)
+    method = {"ASAM": ss.ASAM(0.1, offset=0.1), "m-SAM": ss.SAM(0.1, micro_batch=1),
+              "multi-step": ss.SAM(0.1, ascent_steps=3, ascent_step_size=0.15),
+              "weight decay": ss.SAM(0.1, weight_decay=0.5)}[which]
+    study = weak_error(prob, method, lrs=[0.1, 0.05, 0.025], horizon=0.3, x0=prob.x_init, n_paths=16_384,
+                       rho=lambda lr: 0.3 * lr**0.5, sde_order=1, dt_ratio=4, solver_check=False,
+                       test_functions=["grad_norm_plus_x_norm"], seed=0)
+    fit = study.order("grad_norm_plus_x_norm")
+    assert fit.ci_low <= 1.0 <= fit.ci_high, (fit, fit.points)

@@ -375,11 +375,13 @@ class Perturbing(Method):
         return self.radius()
 
 
-def check_method(method) -> Method:
-    """The public boundary's check: ``method`` is an sde_sam :class:`Method` built with everything it needs."""
+def check_method(method, *, ready: bool = True) -> Method:
+    """The public boundary's check: ``method`` is an sde_sam :class:`Method` built with everything it needs
+    (``ready=False``: a template whose radius a study sets per learning rate is fine)."""
     if not isinstance(method, Method):
         raise TypeError(f"`method` must be an sde_sam Method (SGD, USAM, SAM, ...), got {type(method).__name__}")
-    method.check_ready()
+    if ready:
+        method.check_ready()
     return method
 
 

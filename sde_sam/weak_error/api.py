@@ -182,7 +182,7 @@ def _check_arguments(problem, method, *, lrs, horizon, x0, n_paths, dt_ratio, re
     """Validate at the public boundary; return the lrs as floats, the orders as a list, and rho."""
     if not isinstance(problem, Problem):
         raise TypeError(f"`problem` must be an sde_sam Problem, got {type(problem).__name__}")
-    check_method(method).check_problem(problem)  # e.g. micro_batch on a Gaussian-noise problem: before any cell
+    check_method(method, ready=False).check_problem(problem)  # e.g. micro_batch on a Gaussian-noise problem: before any cell
     lrs = [_checks.positive("lrs", lr) for lr in (lrs if isinstance(lrs, (list, tuple, np.ndarray)) else [lrs])]
     if not lrs or len(set(lrs)) != len(lrs):
         raise ValueError(f"`lrs` must be a non-empty list of distinct learning rates, got lrs={lrs}")

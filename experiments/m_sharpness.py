@@ -19,7 +19,8 @@ samples; other ``m`` by Monte Carlo over ``penalty_draws`` micro-batches, with i
 Outputs (``results/m_sharpness/``): ``paths.csv`` (per model, ``m``, record and path: loss, ``lambda_max``),
 ``summary.csv`` (per model and ``m``, at the end: mean and standard error over paths), ``trend.csv`` (per
 model and observable: the weighted least-squares slope against :math:`\log_2 m` and the difference
-``m = B`` minus ``m = 1``, each with its standard error), ``regulariser.csv``.
+``m = B`` minus ``m = 1``, each with its standard error), ``trend_by_step.csv`` (the same at every record),
+``regulariser.csv``.
 """
 from __future__ import annotations
 
@@ -112,15 +113,17 @@ def run_cell(spec: dict) -> pd.DataFrame:
         "diverged": np.tile(traj.diverged.numpy(), n_rec)})
 
 
-def summarize(paths: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard error over the paths that did not diverge, at the last record and at the first."""
+def summarize(paths: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
+    """Mean and standard error over the paths that did not diverge, at record ``step`` (``None``: the last) and
+    at the first."""
     rows = []
     for (model, m), d in paths.groupby(["model", "m"], sort=False):
         ok = d[~d["diverged"]]
-        first, last = ok[ok["step"] == ok["step"].min()], ok[ok["step"] == ok["step"].max()]
-        row = {"model": model, "method": d["method"].iloc[0], "m": m, "step": int(last["step"].iloc[0]),
-               "time": float(last["time"].iloc[0]), "n_paths": len(last),
-               "n_diverged": int(d.loc[d["step"] == d["step"].max(), "diverged"].sum())}
+        at = int(d["step"].max()) if step is None else step
+        first, last = ok[ok["step"] == ok["step"].min()], ok[ok["step"] == at]
+        row = {"model": model, "method": d["method"].iloc[0], "m": m, "step": at,
+               "time": float(d.loc[d["step"] == at, "time"].iloc[0]), "n_paths": len(last),
+               "n_diverged": int(d.loc[d["step"] == at, "diverged"].sum())}
         for name in OBSERVABLES:
             row[f"{name}_mean"] = float(last[name].mean())
             row[f"{name}_se"] = float(last[name].std(ddof=1) / np.sqrt(len(last))) if len(last) > 1 else np.nan
@@ -152,6 +155,14 @@ def trend(summary: pd.DataFrame, batch_size: int) -> pd.DataFrame:
                          "m_low": int(one["m"]), "m_high": int(full["m"]), "diff_high_minus_low": float(diff),
                          "diff_se": diff_se, "diff_in_se": float(diff / diff_se) if diff_se > 0 else np.nan})
     return pd.DataFrame(rows)
+
+
+def trend_by_step(paths: pd.DataFrame, batch_size: int) -> pd.DataFrame:
+    """:func:`trend` at every record after the first (where every run is still at :math:`x_0`), with its step:
+    how the effect of ``m`` builds up, and whether it lasts, over training."""
+    steps = sorted(paths["step"].unique())[1:]
+    frames = [trend(summarize(paths, int(k)), batch_size).assign(step=int(k)) for k in steps]
+    return pd.concat(frames, ignore_index=True)
 
 
 def regulariser(cfg: Config, prob: ss.FiniteSum) -> pd.DataFrame:
@@ -187,6 +198,7 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
         paths = _common.run_grid(cell_specs(cfg), run_cell, executor=executor, out=out)
         summary = summarize(paths)
         frames = {"paths": paths, "summary": summary, "trend": trend(summary, cfg.batch_size),
+                  "trend_by_step": trend_by_step(paths, cfg.batch_size),
                   "regulariser": regulariser(cfg, prob)}
     cols = ["model", "m", "lambda_max_mean", "lambda_max_se", "loss_mean", "loss_se"]
     print(summary[cols].round(4).to_string(index=False))

@@ -81,8 +81,8 @@ STUDIES: tuple[Study, ...] = (
     Study("eigenvalue_filters", "Eigenvalue filters", ("filters", "runs", "summary"),
           ("eigenvalue_filters",), "studies/eigenvalue_filters.md"),
     Study("own_model", "Your own model", ("trajectory", "summary"), ("own_model",), "own_model.md"),
-    Study("m_sharpness", "m-sharpness", ("paths", "summary", "trend", "regulariser"), ("m_sharpness",),
-          "studies/m_sharpness.md"),
+    Study("m_sharpness", "m-sharpness", ("paths", "summary", "trend", "trend_by_step", "regulariser"),
+          ("m_sharpness",), "studies/m_sharpness.md"),
 )
 """Every study, in the order ``sde-sam reproduce all`` runs them."""
 

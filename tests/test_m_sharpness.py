@@ -22,6 +22,8 @@ COLUMNS = {
                 "loss_initial", "lambda_max_mean", "lambda_max_se", "lambda_max_initial"},
     "trend": {"model", "observable", "slope_per_doubling", "slope_se", "m_low", "m_high", "diff_high_minus_low",
               "diff_se", "diff_in_se"},
+    "trend_by_step": {"model", "observable", "slope_per_doubling", "slope_se", "m_low", "m_high",
+                      "diff_high_minus_low", "diff_se", "diff_in_se", "step"},
     "regulariser": {"m", "penalty", "penalty_se", "how"},
 }
 
@@ -69,6 +71,11 @@ def test_tiny_run_writes_every_table_with_its_columns(tiny):
         assert row["lambda_max_mean"] == pytest.approx(d["lambda_max"].mean(), rel=1e-12)
         assert row["loss_se"] == pytest.approx(d["loss"].sem(), rel=1e-12)
     assert len(tables["trend"]) == len(study.MODELS) * len(study.OBSERVABLES)
+    # the trend at the last record is the trend table
+    by_step = tables["trend_by_step"]
+    assert len(by_step) == cfg.records * len(tables["trend"])
+    at_end = by_step[by_step["step"] == cfg.steps].drop(columns="step").reset_index(drop=True)
+    pd.testing.assert_frame_equal(at_end, tables["trend"], check_exact=False, rtol=1e-12)
 
 
 def test_figure_draws_from_the_saved_tables(tiny, tmp_path):

@@ -34,7 +34,8 @@ def m_sharpness(results: Path, figs: Path) -> Path:
     reg = read_table(results, "m_sharpness", "regulariser")
     ms = sorted(m for m in summ["m"].unique() if m > 0)
     u_ticks = np.log2(ms)
-    fig, axes = pl.figure(1, 4, width=3.0, height=3.0)
+    by_step = read_table(results, "m_sharpness", "trend_by_step")
+    fig, axes = pl.figure(1, 5, width=2.9, height=3.0)
     panels = [("lambda_max", r"final sharpness $\lambda_{\max}(\nabla^2 f)$", "sharpness at the end"),
               ("loss", r"final training loss $f(x_T)$", "loss at the end")]
     for ax, (name, ylabel, title) in zip(axes[:2], panels):
@@ -76,10 +77,24 @@ def m_sharpness(results: Path, figs: Path) -> Path:
     axes[3].set(xlabel="step $k$", ylabel=r"sharpness $\lambda_{\max}$ (from $x_0$)",
                 title="sharpness over training")
     axes[3].legend(loc="upper right", fontsize=6, title="solid: discrete, dashed: SDE", title_fontsize=6)
+    # the effect of m over training: sharpness at m = B minus m = 1, +-1 SE (independent cells)
+    for model, (col, ls, marker, off) in STYLES.items():
+        d = by_step[(by_step["model"] == model) & (by_step["observable"] == "lambda_max")].sort_values("step")
+        axes[4].errorbar(d["step"] + 2 * off * d["step"].max() / 10, d["diff_high_minus_low"], yerr=d["diff_se"],
+                         color=col, ls=ls, marker=marker, ms=4, capsize=2.5)
+    axes[4].axhline(0, color="0.3", lw=0.9)
+    m_hi, m_lo = int(by_step["m_high"].iloc[0]), int(by_step["m_low"].iloc[0])
+    axes[4].set(xlabel="step $k$", ylabel=rf"$\lambda_{{\max}}$ at $m={m_hi}$ minus at $m={m_lo}$",
+                title="effect of m (> 0: as expected)")
     pl.figure_legend(fig, axes[:3], ncol=4)
     d_params = 65 * cfg["hidden"] + 10 * (cfg["hidden"] + 1)
     disc, sde = tr.loc[("discrete", "lambda_max")], tr.loc[("SDE order 1", "lambda_max")]
     loss_d, loss_s = tr.loc[("discrete", "loss")], tr.loc[("SDE order 1", "loss")]
+    peak = []
+    for model in STYLES:
+        d = by_step[(by_step["model"] == model) & (by_step["observable"] == "lambda_max")]
+        top = d.loc[d["diff_in_se"].idxmax()]
+        peak.append(f"{model} {top['diff_in_se']:+.1f} SE at step {int(top['step'])}")
     pl.caption(fig, f"m-sharpness: SAM with one perturbation per micro-batch of size m (m = B = {cfg['batch_size']} is "
                f"plain SAM) on a torch.nn tanh MLP (64-{cfg['hidden']}-10, d = {d_params:,}) on {cfg['n']} digits, "
                f"cross-entropy, $\\eta={cfg['lr']:g}$, $\\rho={cfg['rho']:g}$, {cfg['steps']} steps, {cfg['n_paths']} "
@@ -88,5 +103,6 @@ def m_sharpness(results: Path, figs: Path) -> Path:
                f"drift at batch size m, so the regulariser $R_m$ grows as m shrinks and sharpness is expected to "
                f"rise with m. Measured sharpness, m = B minus m = 1: discrete {_direction(disc)}, SDE {_direction(sde)}; "
                f"loss, m = B minus m = 1: discrete {loss_d['diff_high_minus_low']:+.3g} ± {loss_d['diff_se']:.2g}, "
-               f"SDE {loss_s['diff_high_minus_low']:+.3g} ± {loss_s['diff_se']:.2g}.")
+               f"SDE {loss_s['diff_high_minus_low']:+.3g} ± {loss_s['diff_se']:.2g}. Largest sharpness difference during "
+               f"training (right): {', '.join(peak)}.")
     return pl.save(fig, figs / "m_sharpness.png")

@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ._io import atomic_write
+
 PROBLEMS = ("quadratic", "saddle", "linear_regression", "teacher_student")
 
 
@@ -320,8 +322,8 @@ def _run_weak_error(args) -> int:
         study = _study(weak_error, args, problem, x0, method, rho, out, extra)
     summary = study.summary()
     figure = out / "weak_error.png"
+    atomic_write(out / "summary.txt", summary + "\n")  # first: the figure cannot take the summary with it
     study.plot().savefig(figure, dpi=150)
-    (out / "summary.txt").write_text(summary + "\n")
     print(summary)
     print(f"\nwrote {figure}, {out / 'table.csv'}, {out / 'config.json'} "
           f"({time.perf_counter() - t0:.1f} s)")

@@ -40,6 +40,7 @@ import concurrent.futures as cf
 import functools
 import hashlib
 import os
+import re
 import sys
 import threading
 import warnings
@@ -68,7 +69,7 @@ class CellErrors(RuntimeError):
         self.results = dict(results or {})
         self.specs = dict(specs or {})
         lines = [f"  {key!r}" + (f" {self.specs[key]!r}" if key in self.specs else "")
-                 + f": {type(err).__name__}: {err}" for key, err in list(self.errors.items())[:self.SHOWN]]
+                 + f": {type(err).__name__}: {_plain_text(err)}" for key, err in list(self.errors.items())[:self.SHOWN]]
         if len(self.errors) > self.SHOWN:
             lines.append(f"  ... and {len(self.errors) - self.SHOWN} more (all in `.errors`)")
         n_done = len(self.results)
@@ -76,6 +77,14 @@ class CellErrors(RuntimeError):
 
     def __reduce__(self):
         return (type(self), (self.errors, self.results, self.specs))
+
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def _plain_text(err: BaseException) -> str:
+    """The error's text without terminal colour codes (Ray's task errors carry them)."""
+    return _ANSI.sub("", str(err))
 
 
 def _progress_bar(total: int, enabled: bool | None, desc: str | None):

@@ -21,7 +21,7 @@ from torch import Tensor
 from . import diffusion as diff
 from . import expectations, phase_space
 from .drift import check_order, model_gradients, usam_minibatch_drift
-from .methods import Method, power_iteration
+from .methods import Method, check_method, power_iteration
 from .problems.base import Problem
 
 DIFFUSIONS = ("factor", "paper")
@@ -396,8 +396,7 @@ def sde_model(problem: Problem, method: Method, *, order=1, diffusion: str = "fa
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"`problem` must be an sde_sam Problem, got {type(problem).__name__}")
-    if not isinstance(method, Method):
-        raise TypeError(f"`method` must be an sde_sam Method, got {type(method).__name__}")
+    check_method(method, ready=False)
     check_order(order)
     if diffusion not in DIFFUSIONS:
         raise ValueError(f"`diffusion` must be one of {DIFFUSIONS}, got diffusion={diffusion!r}")

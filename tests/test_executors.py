@@ -348,3 +348,10 @@ def test_package_imports_without_ray():
 
     subprocess.run([sys.executable, "-c", code], check=True)
     assert executors.__name__ == "sde_sam.executors"
+
+
+def test_cell_errors_text_has_no_terminal_colour_codes():
+    from sde_sam.executors import CellErrors
+
+    err = CellErrors({"a": RuntimeError("\x1b[36m(pid=1)\x1b[0m ValueError: boom")})
+    assert "\x1b" not in str(err) and "ValueError: boom" in str(err)

@@ -110,7 +110,8 @@ def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizo
     """
     lrs, orders, rho = _check_arguments(problem, method, lrs=lrs, horizon=horizon, x0=x0, n_paths=n_paths,
                                         dt_ratio=dt_ratio, record_every=record_every, sde_order=sde_order,
-                                        mode=mode, diffusion=diffusion, rho=rho, coupling=coupling)
+                                        mode=mode, diffusion=diffusion, rho=rho, coupling=coupling,
+                                        expectation=expectation)
     mode, tfs = _resolve_mode(problem, method, mode, test_function_specs(test_functions), lrs, rho, coupling)
     if mode == "exact" and n_paths != DEFAULT_N_PATHS:
         warnings.warn(f"exact mode computes the moments in closed form and ignores n_paths={n_paths}; pass "

@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 
 import sde_sam as ss
-from sde_sam import discrete, theory
-from sde_sam.methods import power_iteration  # noqa: E402
+from sde_sam import theory
+from sde_sam.methods import effective_gradient, power_iteration
 
 from experiments import _common
 
@@ -104,7 +104,7 @@ def alignment_run(cfg: Config, method: ss.Method, prob: ss.FiniteSum) -> pd.Data
                 row["alignment_exact_v"] = theory.eigen_sam_alignment(cfg.alpha, c.clamp(-1, 1)).numpy()
             rows.append(pd.DataFrame(row))
         if k < cfg.steps:
-            x = x - method.lr * discrete.effective_grad(prob, method, x, draws, eps=eps, v=v)[0]
+            x = x - method.lr * effective_gradient(prob, method, x, draws, eps=eps, v=v)[0]
     return pd.concat(rows, ignore_index=True)
 
 

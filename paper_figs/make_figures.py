@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv=None) -> list[Path]:
-    return _main(argv, default_figs=HERE)
+    return _main(argv, default_figs=HERE, prog="python paper_figs/make_figures.py")
 
 
 if __name__ == "__main__":

@@ -41,10 +41,11 @@ def make_figures(results: str | Path = "results", figs: str | Path | None = None
     return written
 
 
-def main(argv: Sequence[str] | None = None, *, default_figs: Path | None = None) -> list[Path]:
+def main(argv: Sequence[str] | None = None, *, default_figs: Path | None = None,
+         prog: str = "python -m experiments.figures") -> list[Path]:
     """The command line: ``--results``, ``--figs`` (default ``default_figs``, else ``<results>/figs``),
     ``--only``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
     parser.add_argument("--figs", type=Path, default=default_figs,
                         help=f"where the PNGs go (default: {default_figs or 'RESULTS/figs'})")

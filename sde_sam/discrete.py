@@ -56,16 +56,19 @@ def effective_grad(problem: Problem, method: Method, x: Tensor, draws, *, eps: f
     return effective_gradient(problem, method, x, draws, eps=eps, v=v)
 
 
-def _advance(problem: Problem, method: Method, x: Tensor, draws, state: StepState, eps: float):
-    """One step from a valid state (no checks): ``(x_next, state_next)``. A scheduled method takes the step of
+def _advance(problem: Problem, method: Method, x: Tensor, draws, state: StepState, eps: float,
+             with_loss: bool = False):
+    """One step from a valid state (no checks): ``(x_next, state_next)``, and the ``(n,)`` loss of the draw at
+    ``x`` with ``with_loss`` (from the step's own first gradient evaluation). A scheduled method takes the step of
     its constant method at step ``state.k`` (MATH §2.3)."""
     method = method.at(state.k)
     v = state.v
     if method.uses_eigenvector and state.k > 0 and state.k % method.refresh_every == 0:
         v = power_iteration(lambda u: problem.stochastic_hvp(x, u, draws), v, method.power_iters, eps)
-    G, fired = effective_gradient(problem, method, x, draws, eps=eps, v=v)
+    G, fired, *loss = effective_gradient(problem, method, x, draws, eps=eps, v=v, with_loss=with_loss)
     x_next, buffer = method.update(x, G, state.momentum)
-    return x_next, StepState(momentum=buffer, v=v, k=state.k + 1, guarded=fired)
+    state = StepState(momentum=buffer, v=v, k=state.k + 1, guarded=fired)
+    return (x_next, state, loss[0]) if with_loss else (x_next, state)
 
 
 def _eps(problem: Problem, method: Method) -> float:
@@ -227,10 +230,12 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
         # Eigen-SAM: v before the first step, from a random start, on the full-batch Hessian.
         return StepState(v=_init_v(problem, method, xc, gauss, eps))
 
+    batch_loss = "batch_loss" in obs  # the step reports its draw's loss (the engine's 4-tuple contract)
+
     def advance(xc: Tensor, draw, state: StepState, k: int):
-        x_next, state = _advance(problem, method, xc, draw, state, eps)
+        x_next, state, *loss = _advance(problem, method, xc, draw, state, eps, with_loss=batch_loss)
         # A method without a norm never fires the guard: no mask for the engine to count.
-        return x_next, state, state.guarded if method.normalises else None
+        return (x_next, state, state.guarded if method.normalises else None, *loss)
 
     info = {"kind": "discrete", **method.describe(), "rho": method.rho, "seed": seed if isinstance(seed, int) else None,
             "problem": repr(problem), "steps": steps}

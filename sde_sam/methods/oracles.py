@@ -82,7 +82,7 @@ def split(problem, method: Method, x: Tensor, draws, *, v: Tensor | None = None,
 
 
 def effective_gradient(problem, method: Method, x: Tensor, draws, *, eps: float, v: Tensor | None = None,
-                       full_grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                       full_grad: Tensor | None = None, with_loss: bool = False):
     r"""The effective gradient of every path, :math:`G_\gamma(x)=\nabla f_\gamma(x+\varepsilon_\gamma(x))` (MATH §2),
     or m-SAM's mean over micro-batches :math:`\frac1k\sum_j\nabla f_{\gamma^{(j)}}(x+\varepsilon_{\gamma^{(j)}}(x))`
     (MATH §2.2). Weight decay is not in it: the base step adds it (:meth:`Method.update`).
@@ -96,12 +96,24 @@ def effective_gradient(problem, method: Method, x: Tensor, draws, *, eps: float,
         v: ``(n, d)`` unit eigenvector estimates (Eigen-SAM only).
         full_grad: ``(n, d)`` full-batch gradients, if known (DNSAM).
 
+        with_loss: Also return the ``(n,)`` loss of each path's draw at ``x`` (m-SAM: the mean over its
+            micro-batches, the loss of the whole draw), from the same evaluation as the first gradient.
+
     Returns:
-        ``(n, d)`` effective gradients and the ``(n,)`` mask where the norm guard fired.
+        ``(n, d)`` effective gradients and the ``(n,)`` mask where the norm guard fired (and the ``(n,)`` draw
+        losses with ``with_loss``).
     """
     if not method.perturbs:
-        return problem.stochastic_grad(x, draws), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        no = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        if with_loss:
+            loss, g = problem.stochastic_loss_and_grad(x, draws)
+            return g, no, loss
+        return problem.stochastic_grad(x, draws), no
     r = split(problem, method, x, draws, v=v, full_grad=full_grad)
-    g = problem.stochastic_grad(r.x, r.draws)
+    if with_loss:
+        loss, g = problem.stochastic_loss_and_grad(r.x, r.draws)
+    else:
+        g = problem.stochastic_grad(r.x, r.draws)
     pert = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad)
-    return r.merge(problem.stochastic_grad(r.x + pert.eps, r.draws)), r.merge_mask(pert.guarded)
+    G, fired = r.merge(problem.stochastic_grad(r.x + pert.eps, r.draws)), r.merge_mask(pert.guarded)
+    return (G, fired, r.merge(loss)) if with_loss else (G, fired)

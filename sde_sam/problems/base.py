@@ -64,6 +64,13 @@ class Problem(abc.ABC):
     def stochastic_grad_single(self, x1: Tensor, draw1: Tensor) -> Tensor:
         r""":math:`\nabla f_\gamma(x)` at one point for one draw, unbatched and traceable: ``(d,), (...) -> (d,)``."""
 
+    def stochastic_loss_and_grad(self, x: Tensor, draws: Tensor) -> tuple[Tensor, Tensor]:
+        r""":math:`f_{\gamma_p}(x_p)` and :math:`\nabla f_{\gamma_p}(x_p)` per path, ``(n,)`` and ``(n, d)``, from one
+        evaluation where the problem can (the ``"batch_loss"`` observable); the gradient is bit for bit
+        :meth:`stochastic_grad`'s."""
+        raise NotImplementedError(f"{type(self).__name__} does not report the loss of a draw (the 'batch_loss' "
+                                  "observable); record 'loss' instead")
+
     def stochastic_hvp(self, x: Tensor, v: Tensor, draws: Tensor) -> Tensor:
         r""":math:`\nabla^2 f_{\gamma_p}(x_p)\, v_p` per path."""
         return autodiff.hvp(self.stochastic_grad_single, x, v, draws)

@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
+from torch.func import grad, grad_and_value, vmap
 
 from .. import _checks, autodiff
 from .base import Problem
@@ -180,6 +180,10 @@ class FiniteSum(Problem):
 
     def stochastic_grad_single(self, x1: Tensor, draw1: Tensor) -> Tensor:
         return self._batch_grad(x1, _index(self.data, draw1))
+
+    def stochastic_loss_and_grad(self, x: Tensor, draws: Tensor) -> tuple[Tensor, Tensor]:
+        g, loss = vmap(grad_and_value(self._batch_loss))(x, _index(self.data, draws))
+        return loss, g
 
     def stochastic_hvp(self, x: Tensor, v: Tensor, draws: Tensor) -> Tensor:
         return autodiff.hvp(self._batch_grad, x, v, _index(self.data, draws))

@@ -134,6 +134,13 @@ class Objective(Problem):
     def stochastic_grad_single(self, x1: Tensor, draw1: Tensor) -> Tensor:
         return self.grad_single(x1) if self.noise_sqrt is None else self.grad_single(x1) + draw1
 
+    def stochastic_loss_and_grad(self, x: Tensor, draws: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Additive noise :math:`Z` is the gradient of :math:`f_\gamma(x) = f(x) + \langle Z, x\rangle` (MATH §1)."""
+        loss = self.loss(x)  # a d-dimensional closed form: no data pass to save
+        if self.noise_sqrt is None:
+            return loss, self.stochastic_grad(x, draws)
+        return loss + (draws * x).sum(dim=-1), self.stochastic_grad(x, draws)
+
     def enumerate_draws(self) -> Tensor | None:
         if self.noise_sqrt is None:
             return torch.zeros(1, self.d, dtype=self.dtype, device=self.device)

@@ -71,6 +71,10 @@ class L2Problem(Problem):
     def stochastic_hvp(self, x, v, draws):
         return self.base.stochastic_hvp(x, v, draws) + self.lam * v
 
+    def stochastic_loss_and_grad(self, x, draws):
+        loss, g = self.base.stochastic_loss_and_grad(x, draws)
+        return loss + 0.5 * self.lam * (x * x).sum(dim=-1), g + self.lam * x
+
     def enumerate_draws(self):
         return self.base.enumerate_draws()
 

@@ -13,6 +13,7 @@ Step :math:`k = 0, 1, \dots` of a scheduled method uses :math:`\eta_k` and :math
     :func:`piecewise` is ``MultiStepLR`` and :func:`linear_warmup` is ``LinearLR``.
 
   Past the horizon the shape keeps its final value.
+
 * **Any callable** ``k -> value`` of the step index (``torch.optim.lr_scheduler`` style), wrapped by
   :func:`by_step`. Fine for discrete runs and SDE models; it cannot be rescaled, so weak-error studies (which
   shrink :math:`\eta`) refuse it.

@@ -133,6 +133,16 @@ def _discrete_system(A: np.ndarray, Q: np.ndarray, lr: float, beta: float, neste
     return M, N
 
 
+def _cell_grid(spec):
+    """What every exact cell starts from: ``H``, ``x0``, the base lr, test functions, ``d``, the recorded steps
+    and times, and zero standard errors."""
+    problem, x0 = spec.problem, spec.x0
+    H = 0.5 * (problem.H + problem.H.T).detach().cpu().double().numpy()
+    ks = record_times(spec.steps, spec.every)
+    return (H, x0.detach().cpu().double().numpy(), spec.method.lr, list(spec.tfs), x0.shape[0], ks,
+            np.array(ks) * spec.method.lr, {"se": np.zeros(len(ks))})
+
+
 def exact_cell(spec) -> pd.DataFrame:
     """The exact expectations of one cell: the discrete method, a model, or (solver check) the exact
     difference of Euler–Maruyama's moments at ``dt`` and ``dt/2``."""
@@ -141,12 +151,7 @@ def exact_cell(spec) -> pd.DataFrame:
     problem, m, x0 = spec.problem, spec.method, spec.x0
     if m.scheduled:
         return _scheduled_cell(spec)
-    H = 0.5 * (problem.H + problem.H.T).detach().cpu().double().numpy()
-    x = x0.detach().cpu().double().numpy()
-    lr, names, d = m.lr, list(spec.tfs), x0.shape[0]
-    ks = record_times(spec.steps, spec.every)
-    times = np.array(ks) * lr
-    zeros = {"se": np.zeros(len(ks))}
+    H, x, lr, names, d, ks, times, zeros = _cell_grid(spec)
     if spec.kind == "discrete":
         A, Q = _linear_model(problem, m.rho, 1, "factor")  # USAM's step: x - lr (A x + P Z), Cov(P Z) = Q
         A = A + m.weight_decay * np.eye(d)  # weight decay: G + λx (MATH §2.3)
@@ -184,12 +189,7 @@ def _scheduled_cell(spec) -> pd.DataFrame:
     from .cells import frame
 
     problem, m, x0 = spec.problem, spec.method, spec.x0
-    H = 0.5 * (problem.H + problem.H.T).detach().cpu().double().numpy()
-    x = x0.detach().cpu().double().numpy()
-    lr, names, d = m.lr, list(spec.tfs), x0.shape[0]
-    ks = record_times(spec.steps, spec.every)
-    times = np.array(ks) * lr
-    zeros = {"se": np.zeros(len(ks))}
+    H, x, lr, names, d, ks, times, zeros = _cell_grid(spec)
     wd = m.weight_decay * np.eye(d)
     order = 1 if spec.kind == "discrete" else spec.order
     diffusion = "factor" if spec.kind == "discrete" else spec.diffusion

@@ -394,6 +394,7 @@ def test_every_path_diverged_gives_nan_and_the_counts():
     assert torch.equal(one.mean("loss"), torch.ones(2, dtype=F64)) and bool(one.sem("loss").isnan().all())
 
 
+@pytest.mark.slow
 def test_sem_is_finite_near_the_float64_limit_and_bit_identical_elsewhere():
     big = torch.tensor([[1e293, 2e293, 3e293, 4e293]], dtype=F64)
     traj = _traj(big, torch.zeros(4, dtype=torch.bool))

@@ -15,6 +15,7 @@ TINY = ["weak-error", "--lrs", "0.1,0.05", "--horizon", "0.2", "--paths", "1024"
         "--test-functions", "loss,x_norm_sq", "--mode", "monte_carlo"]
 
 
+@pytest.mark.slow
 def test_weak_error_runs_and_writes_files(tmp_path, capsys):
     out = tmp_path / "we"
     assert cli.main([*TINY, "--out", str(out)]) == 0
@@ -33,6 +34,7 @@ def test_weak_error_runs_and_writes_files(tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_csv(out / "table.csv"), table)
 
 
+@pytest.mark.slow
 def test_weak_error_exact_mode_fixed_rho_and_other_methods(tmp_path, capsys):
     out = tmp_path / "exact"
     exact = [a for a in TINY if a not in ("--mode", "monte_carlo")]  # the default mode is auto, as in the API
@@ -70,6 +72,7 @@ def _cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["weak-error", "--paths", "0"], "argument --paths: must be >= 4, got 0"),
     (["--threads", "0", "weak-error"], "argument --threads: must be >= 1, got 0"),
@@ -102,6 +105,7 @@ def test_errors_are_one_line_messages_with_exit_status_2(argv, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_results_folder_clash_names_out(tmp_path):
     out = tmp_path / "we"
     tiny = ["weak-error", "--lrs", "0.1,0.05", "--horizon", "0.1", "--test-functions", "loss", "--orders", "0",
@@ -114,6 +118,7 @@ def test_results_folder_clash_names_out(tmp_path):
     assert "pass another --out" in last
 
 
+@pytest.mark.slow
 def test_default_output_folder_per_problem_and_method(tmp_path):
     result = _cli("--threads", "1", "weak-error", "--lrs", "0.1,0.05", "--horizon", "0.1", "--orders", "0,1",
                   "--no-solver-check", cwd=tmp_path)
@@ -127,6 +132,7 @@ def test_default_output_folder_per_problem_and_method(tmp_path):
     assert (tmp_path / "results" / "weak_error" / "quadratic_sgd" / "table.csv").exists()
 
 
+@pytest.mark.slow
 def test_version_and_module_entry_point():
     import sde_sam
 
@@ -164,6 +170,7 @@ def test_coupling_flag_is_passed_through(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text()).get("coupling") is True
 
 
+@pytest.mark.slow
 def test_method_options_reach_the_study(tmp_path, capsys):
     """--lr-schedule, --weight-decay, --momentum: the method the study runs (exact mode, a cosine on the SDE clock)."""
     out = tmp_path / "sched"

@@ -44,6 +44,7 @@ def test_dataset_arguments_are_checked():
         P.breast_cancer_mlp(16, hidden=0)
 
 
+@pytest.mark.slow
 def test_ready_made_mlps_are_module_problems():
     prob = P.digits_mlp(64, hidden=8, batch_size=4)
     assert isinstance(prob, P.ModuleFiniteSum) and prob.d == 65 * 8 + 10 * 9 and prob.n == 64
@@ -98,6 +99,7 @@ def test_digits_sharpness_settles_at_the_gd_and_usam_edges(tmp_path):
     assert abs(sam["rel_error_pct"]) < 10.0
 
 
+@pytest.mark.slow
 def test_own_model_tiny_run_and_figure(tmp_path):
     om = _own_model()
     out = om.run(om.Config.tiny(), tmp_path)

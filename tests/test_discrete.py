@@ -50,6 +50,7 @@ def _batch_cases():
 
 
 # -- paths never interact -----------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("problem_name, method", list(_batch_cases()))
 def test_batch_step_equals_each_path_alone(problem_name, method):
     prob = PROBLEMS[problem_name]()

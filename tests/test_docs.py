@@ -69,6 +69,7 @@ def site_pages(site: Path) -> list[Path]:
     return sorted(site.rglob("*.html"))
 
 
+@pytest.mark.slow
 @needs_docs
 def test_docs_build_strict(site):
     assert (site / "api.html").exists()
@@ -156,6 +157,7 @@ LIST_IN_PARAGRAPH = re.compile(r"\n[ \t]*[-*] \S")  # a list with no blank line 
 DOCTEST_PROMPT = re.compile(r">>>")
 
 
+@pytest.mark.slow
 @needs_docs
 def test_math_only_inside_math_containers(site):
     problems = []
@@ -177,6 +179,7 @@ def test_math_only_inside_math_containers(site):
     assert n_math > 500  # the math page alone has hundreds: the containers were found
 
 
+@pytest.mark.slow
 @needs_docs
 def test_no_page_loads_anything_from_another_host(site):
     remote = []
@@ -193,6 +196,7 @@ def test_no_page_loads_anything_from_another_host(site):
     assert any(url.endswith("assets/mathjax/tex-chtml.js") for url in scripts), scripts
 
 
+@pytest.mark.slow
 @needs_docs
 def test_examples_render_as_code_not_quotes(site):
     for page in site_pages(site):
@@ -208,6 +212,7 @@ def test_examples_render_as_code_not_quotes(site):
         assert "<pre" in head and ("&gt;&gt;&gt;" in head or "console" in head), head[:500]
 
 
+@pytest.mark.slow
 @needs_docs
 def test_figures_link_to_their_full_size_png(site):
     figures = [(page, href, src) for page in site_pages(site) for href, src in read(page).figures]
@@ -275,6 +280,7 @@ def f(x, lr=0.1, rho=0.05, *, n=3):
     assert sections["examples"].value == [(griffe.DocstringSectionKind.examples, ">>> f(1)\n2")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_examples_run(page, tmp_path):
     script = "\n\n".join(python_blocks(page.read_text()))

@@ -157,6 +157,7 @@ def test_nan_loss_with_a_finite_gradient_flags_the_path():
     assert bool(traj.values["x_norm"][:, 1].isnan().all())  # every observable of the path is left out
 
 
+@pytest.mark.slow
 def test_reasons_are_the_first_failure_and_do_not_depend_on_chunks():
     prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 45.0], dtype=F64)), noise_cov=0.0)
     x0 = torch.zeros(2500, 2, dtype=F64)
@@ -180,6 +181,7 @@ def test_reasons_are_the_first_failure_and_do_not_depend_on_chunks():
 
 
 # -- draw replay (issue 9 item 5) -----------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("problem, method", [
     (ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=0.05), ss.SAM(0.1, 0.2)),
     (ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=0.05),

@@ -156,6 +156,7 @@ def test_thread_pool_gives_the_same_table(serial_table):
     pdt.assert_frame_equal(table, serial_table, check_exact=True)
 
 
+@pytest.mark.slow
 def test_process_pool_gives_the_same_table(serial_table, tmp_path, process_pool):
     table = grid(escape_specs(), escape_cell, executor=process_pool, results_dir=tmp_path)
     pdt.assert_frame_equal(table, serial_table, check_exact=True)
@@ -164,6 +165,7 @@ def test_process_pool_gives_the_same_table(serial_table, tmp_path, process_pool)
     pdt.assert_frame_equal(grid(escape_specs(), failing_cell, results_dir=tmp_path), serial_table, check_exact=True)
 
 
+@pytest.mark.slow
 def test_ray_gives_the_same_table_and_resumes(serial_table, ray_cluster, tmp_path):
     with RayExecutor() as ex:  # joins the fixture's cluster and leaves it running
         assert not ex._owns
@@ -174,6 +176,7 @@ def test_ray_gives_the_same_table_and_resumes(serial_table, ray_cluster, tmp_pat
     pdt.assert_frame_equal(first, serial_table.iloc[: len(first)], check_exact=True)
 
 
+@pytest.mark.slow
 def test_weak_error_is_identical_on_processes_and_resumes(weak_error_serial, process_pool, tmp_path):
     study = small_weak_error(executor=process_pool, results_dir=tmp_path)
     pdt.assert_frame_equal(study.table, weak_error_serial.table, check_exact=True)
@@ -183,6 +186,7 @@ def test_weak_error_is_identical_on_processes_and_resumes(weak_error_serial, pro
     pdt.assert_frame_equal(again.table, weak_error_serial.table, check_exact=True)
 
 
+@pytest.mark.slow
 def test_weak_error_is_identical_on_ray(weak_error_serial, ray_cluster):
     with RayExecutor() as ex:
         study = small_weak_error(executor=ex)
@@ -229,6 +233,7 @@ def test_interrupted_study_resumes_only_missing_cells(tmp_path, serial_table):
                            check_exact=True)
 
 
+@pytest.mark.slow
 def test_killed_worker_process_resumes_only_missing_cells(tmp_path):
     log = tmp_path / "log"
     log.mkdir()
@@ -341,6 +346,7 @@ def test_ray_executor_validates_before_starting(kwargs, match):
         RayExecutor(**kwargs)
 
 
+@pytest.mark.slow
 def test_package_imports_without_ray():
     code = ("import sys; sys.modules['ray'] = None; import sde_sam, sde_sam.executors; "
             "assert 'ray' not in [m for m in sys.modules if sys.modules[m] is not None]")
@@ -350,6 +356,7 @@ def test_package_imports_without_ray():
     assert executors.__name__ == "sde_sam.executors"
 
 
+@pytest.mark.slow
 def test_cell_errors_text_has_no_terminal_colour_codes():
     from sde_sam.executors import CellErrors
 

@@ -37,6 +37,7 @@ def tiny_results(tmp_path_factory) -> Path:
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_study_writes_tables_and_config(tiny_results, study):
     out = tiny_results / study
@@ -134,6 +135,7 @@ def test_saddle_escape_table_has_both_kinds_on_one_grid(tiny_results):
     assert set(grids) == {"discrete", "sde"} and grids["discrete"] == grids["sde"]
 
 
+@pytest.mark.slow
 def test_make_figures_draws_every_png_from_saved_results(tiny_results, tmp_path):
     paths = figures.make_figures(tiny_results, tmp_path)
     assert [p.stem for p in paths] == FIGURES
@@ -148,6 +150,7 @@ def test_make_figures_skips_missing_studies(tmp_path, capsys):
         figures.make_figures(tmp_path, tmp_path, only=["nope"])
 
 
+@pytest.mark.slow
 def test_paper_figs_script_redraws_into_paper_figs_by_default(tiny_results, tmp_path):
     """``python paper_figs/make_figures.py`` is the registry's figure command with paper_figs/ as default."""
     out = subprocess.run([sys.executable, str(ROOT / "paper_figs" / "make_figures.py"), "--results",
@@ -173,6 +176,7 @@ def test_sam_centre_drift_follows_derived_rate(tiny_results):
     assert ((summary["rate_ratio_median"] - 1).abs() < 0.05).all(), summary
 
 
+@pytest.mark.slow
 def test_gd_and_usam_sharpness_settle_at_their_edges(tmp_path):
     """Done-when: late-phase mean lambda_max within 5% of 2/eta (GD) and of the USAM edge (~20 s)."""
     module = STUDIES["edge_of_stability"].module
@@ -229,6 +233,7 @@ def test_study_cells_pickle_by_reference():
     assert pickle.loads(payload) is cell
 
 
+@pytest.mark.slow
 def test_study_cells_travel_to_spawned_processes_and_resume(tiny_results, tmp_path):
     """Cells of a study module run in spawned worker processes; a rerun loads them all."""
     module = STUDIES["sam_quadratic"].module
@@ -268,6 +273,7 @@ def test_reproduce_without_the_studies_says_so(monkeypatch, capsys):
     assert "needs the package `experiments` of the source checkout" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_study_module_run_as_a_script_uses_process_workers(tmp_path):
     """``python -m experiments.<study> --workers 2``: the module runs as ``__main__`` yet its cells reach the
     spawned workers under their package name, and the tables equal a serial run's."""
@@ -301,6 +307,7 @@ def test_reproduce_help_says_where_figures_go(capsys):
     assert "--executor {serial,process,ray}" in text and "--workers N" in text
 
 
+@pytest.mark.slow
 def test_reproduce_runs_a_study_and_its_figure(tmp_path):
     assert reproduce.main(["normalization", "--quick", "--results", str(tmp_path / "r"),
                            "--figs", str(tmp_path / "f")]) == 0
@@ -309,6 +316,7 @@ def test_reproduce_runs_a_study_and_its_figure(tmp_path):
     assert (tmp_path / "r" / "reproduce_quick_timing.json").exists()
 
 
+@pytest.mark.slow
 def test_reproduce_writes_figures_under_results_by_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     committed = {p: p.stat().st_mtime_ns for p in (ROOT / "paper_figs").glob("*.png")}

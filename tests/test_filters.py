@@ -49,6 +49,7 @@ def _candidates(method: ss.Method, frac: float = 0.05) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lr, rho, beta, nesterov", GRID)
 def test_filters_are_exact_on_quadratics(lr, rho, beta, nesterov):
     """f = ½ Σ λᵢ xᵢ² (full batch, one coordinate per candidate λ): each coordinate of the run converges iff
@@ -164,6 +165,7 @@ def study_runs(tmp_path_factory):
     return pd.read_csv(out / "runs.csv"), pd.read_csv(out / "summary.csv"), cfg
 
 
+@pytest.mark.slow
 def test_every_converged_run_lies_inside_its_filter(study_runs):
     runs, summary, cfg = study_runs
     conv = runs[runs["status"].isin(["minimum", "saddle"])]

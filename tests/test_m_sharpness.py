@@ -44,6 +44,7 @@ def test_registered_with_its_tables_figure_and_page():
     assert (Path(__file__).resolve().parents[1] / "docs" / entry.doc).exists()
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_table_with_its_columns(tiny):
     out = tiny / "m_sharpness"
     cfg = study.Config.tiny()
@@ -78,6 +79,7 @@ def test_tiny_run_writes_every_table_with_its_columns(tiny):
     pd.testing.assert_frame_equal(at_end, tables["trend"], check_exact=False, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_figure_draws_from_the_saved_tables(tiny, tmp_path):
     from sde_sam import plotting as pl
 

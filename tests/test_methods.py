@@ -343,6 +343,7 @@ def test_every_method_at_rho_zero_is_sgd_bit_for_bit(method):
         _same_run(_run(prob, method.with_rho(0.0), x0), base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", rows())
 def test_every_method_sde_of_every_order_has_the_right_shapes(method):
     for prob, x0 in _base_problems(method):

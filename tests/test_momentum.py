@@ -60,6 +60,7 @@ def test_momentum_zero_is_the_plain_step_bit_for_bit(method):
         x = got
 
 
+@pytest.mark.slow
 def test_momentum_zero_runs_equal_default_runs():
     prob = _quartic()
     x0 = torch.tensor([0.5, -1.0, 0.3], dtype=F64)

@@ -139,6 +139,7 @@ def test_full_batch_observables_in_path_groups_are_bit_identical(digits):
     assert torch.equal(obs_mod.grad_norm(chunk=small)(digits)(x), want)
 
 
+@pytest.mark.slow
 def test_full_batch_observables_in_sample_chunks_agree(digits):
     x = digits.x_init + 0.01 * torch.randn(3, digits.d, generator=torch.Generator().manual_seed(1), dtype=F64)
     fn = obs_mod.loss(chunk=100)(digits)  # 256 samples in chunks of 100, 100, 56, one path per call

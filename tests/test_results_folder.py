@@ -123,6 +123,7 @@ for i in range(n):
 """
 
 
+@pytest.mark.slow
 def test_two_writers_and_a_reader_never_see_a_partial_file(tmp_path):
     import hashlib
     import subprocess
@@ -175,6 +176,7 @@ def _truncations(path: Path, rng: np.random.Generator) -> list[int]:
     return sorted({1, min(200, size), int(rng.integers(2, 200))})
 
 
+@pytest.mark.slow
 def test_every_truncated_grid_cell_file_is_recomputed_to_the_same_table(tmp_path):
     specs = table_specs()
     reference = grid(specs, table_cell)
@@ -193,6 +195,7 @@ def test_every_truncated_grid_cell_file_is_recomputed_to_the_same_table(tmp_path
             assert path.read_bytes() == data  # recomputed and saved again, byte for byte
 
 
+@pytest.mark.slow
 def test_every_truncated_weak_error_cell_file_is_recomputed_to_the_same_table(tmp_path):
     prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 2.0], dtype=F64)), noise_cov=0.5)
     kw = dict(lrs=[0.2, 0.1], horizon=0.4, x0=torch.ones(2, dtype=F64), n_paths=64, mode="monte_carlo",

@@ -197,6 +197,7 @@ def _usam_cosine():
     return ss.USAM(lr=schedules.cosine(0.1, horizon=2.0), rho=0.1, weight_decay=0.1)
 
 
+@pytest.mark.slow
 def test_exact_mode_with_a_cosine_schedule_is_order_one():
     """MATH §3.6: piecewise-constant coefficients; exact local slopes within 0.1 of 1 at small lrs."""
     prob = ss.Quadratic(H2, noise_cov=0.09)

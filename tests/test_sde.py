@@ -22,6 +22,7 @@ def se_diff(a, b):
 
 
 # ---------------------------------------------------------------- closed forms on quadratics (MATH §3.4)
+@pytest.mark.slow
 @pytest.mark.parametrize("rho", [0.0, 0.2])
 def test_usam_sde_mean_matches_ou_formula(rho):
     lams, lr, t1, dt = torch.tensor([1.0, 2.0], dtype=f64), 0.05, 0.5, 2.5e-4
@@ -40,6 +41,7 @@ def test_usam_sde_mean_matches_ou_formula(rho):
         assert ((sol.mean(name) - exact).abs()[1:] < 4 * sol.sem(name)[1:]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rho", [0.0, 0.2])
 def test_usam_sde_stationary_loss(rho):
     lams, lr, sigma2, dt = (1.0, 2.0), 0.05, 0.09, 2e-3
@@ -61,6 +63,7 @@ def _method_table(rho):
             ss.EigenSAM(0.1, rho, 0.3, power_iters=200, init_power_iters=200)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(5))
 def test_taylor_drifts_have_the_right_order_in_rho(index):
     # Teacher-student, B=1: expectations are exact enumerations and the third derivative is non-zero.
@@ -171,6 +174,7 @@ def test_paper_diffusion_psd_counterexample_is_clipped_and_reported():
         assert "clipped" in str(sde.clip_report)
 
 
+@pytest.mark.slow
 def test_sampled_factor_is_unbiased():
     prob = diag_quadratic((1.0, 4.0), 0.5)
     method, x = ss.SAM(0.1, 0.3), torch.tensor([[0.2, -0.1]], dtype=f64)
@@ -183,6 +187,7 @@ def test_sampled_factor_is_unbiased():
 
 
 # ---------------------------------------------------------------- solver vs torchsde
+@pytest.mark.slow
 def test_native_solver_agrees_with_torchsde():
     prob = ss.problems.linear_regression(n=16, d=2, batch_size=1)
     sde = ss.sde_model(prob, ss.SAM(0.1, 0.2), order=1)
@@ -235,6 +240,7 @@ def test_two_point_increments_have_the_same_mean():
 
 
 # ---------------------------------------------------------------- saddles (MATH §7)
+@pytest.mark.slow
 @pytest.mark.parametrize("method_cls", [ss.SAM, ss.DNSAM])
 @pytest.mark.parametrize("start, attracted", [((0.3, 0.2), True), ((0.3, 0.6), False)])
 def test_sam_and_dnsam_flows_at_a_saddle(method_cls, start, attracted):

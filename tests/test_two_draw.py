@@ -75,6 +75,7 @@ def test_one_step_moments_equal_the_enumerated_model_exactly(order, index):
         assert torch.allclose(cov, method.lr * dt * C1, atol=1e-13, rtol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [1, 2, "exact"])
 def test_one_step_moments_by_sampling_minibatches(order):
     # B = 3 with replacement from n = 5: the model's moments by enumerating all 125 batches; the scheme's

@@ -259,6 +259,7 @@ def test_results_dir_refuses_a_different_study(quad, x0, tmp_path):
 
 
 # -- the result object --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_table_columns_relative_and_plot(quad, x0, tmp_path):
     study = exact_study(quad, x0, lrs=[0.1, 0.05, 0.025], horizon=0.5, sde_order=[0, 1])
     assert list(study.table.columns) == ["lr", "rho", "model", "test_function", "time", "discrete_mean",

@@ -15,7 +15,6 @@ Eigen-SAM eigenvector and the step count (Eigen-SAM's refresh schedule), plus th
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from dataclasses import dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 

@@ -42,8 +42,8 @@ from ..executors import run_cells
 from ..methods import Method, check_method
 from ..problems.base import Problem
 from ..problems.gaussian import Objective
-from . import cells as cells_mod
 from .cells import CellSpec, cell_specs, model_label, test_function_specs
+from .compute import compute_cell
 from .exact import EXACT_TEST_FUNCTIONS, _exact_applicable, _warn_unstable
 from . import storage
 from .study import WeakErrorStudy
@@ -147,7 +147,7 @@ def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizo
 
 def _cell(spec: CellSpec):
     """The cell function handed to the executor (module level: it pickles)."""
-    return cells_mod.compute_cell(spec)
+    return compute_cell(spec)
 
 
 def _run(specs: list[CellSpec], store, config: dict, executor, show, n_paths: int | None):

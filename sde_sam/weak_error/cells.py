@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -172,22 +171,6 @@ def _mc_cell(spec: CellSpec) -> pd.DataFrame:
     keep = ~traj.diverged
     cols = {tf: summarize(traj.values[name], keep) for tf, name in zip(spec.tfs, traj.values)}
     return frame(traj.times.numpy(), cols, n_diverged=traj.n_diverged)
-
-
-def compute_cell(spec: CellSpec) -> tuple[pd.DataFrame, float]:
-    """Run one cell (any process): its per-time frame and the seconds it took."""
-    t0 = time.perf_counter()
-    if spec.mode == "exact":
-        from .exact import exact_cell
-
-        out = exact_cell(spec)
-    elif spec.coupled:
-        from .coupling import coupled_cell
-
-        out = coupled_cell(spec)
-    else:
-        out = _mc_cell(spec)
-    return out, time.perf_counter() - t0
 
 
 def cell_specs(grid, labels: dict, mode: str, coupled: bool, solver_check: bool, opts: dict) -> list[CellSpec]:

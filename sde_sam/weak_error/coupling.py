@@ -25,6 +25,7 @@ from torch import Tensor
 from ..methods import Method
 from ..problems.base import Problem
 from ..solvers import DISCRETE, Coupled, simulate
+from .cells import cell_seed, check_times, frame, observables, summarize
 
 
 def coupling_unsupported(problem: Problem, method: Method, sde, *, diffusion: str, increments: str) -> str | None:
@@ -65,7 +66,6 @@ def coupled_cell(spec) -> pd.DataFrame:
     """One coupled cell: discrete method and model (at ``dt``, or ``dt/2`` for the solver check) on shared
     draws; per time, both means, the mean per-path difference and its SE, overall and per half."""
     from .. import sde_model
-    from .cells import cell_seed, check_times, frame, observables, summarize
 
     m = spec.method
     sde = sde_model(spec.problem, m, order=spec.order, diffusion=spec.diffusion, expectation=spec.expectation)

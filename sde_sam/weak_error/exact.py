@@ -15,6 +15,7 @@ from ..methods import Method
 from ..observables import record_times
 from ..problems.base import Problem
 from ..problems.gaussian import Quadratic
+from .cells import frame
 
 EXACT_TEST_FUNCTIONS = ("loss", "x_norm_sq")
 """Test functions with closed-form Gaussian expectations (quadratic in x), available in exact mode."""
@@ -146,9 +147,7 @@ def _cell_grid(spec):
 def exact_cell(spec) -> pd.DataFrame:
     """The exact expectations of one cell: the discrete method, a model, or (solver check) the exact
     difference of Euler–Maruyama's moments at ``dt`` and ``dt/2``."""
-    from .cells import frame
-
-    problem, m, x0 = spec.problem, spec.method, spec.x0
+    problem, m = spec.problem, spec.method
     if m.scheduled:
         return _scheduled_cell(spec)
     H, x, lr, names, d, ks, times, zeros = _cell_grid(spec)
@@ -186,9 +185,7 @@ def _scheduled_cell(spec) -> pd.DataFrame:
     :math:`u_kA_k` and noise :math:`\sqrt\eta\,u_kQ_k^{1/2}` (:math:`u_k=\eta_k/\eta`): its exact transition over
     one step is a matrix exponential and a Lyapunov integral (:func:`_ou_step`); the solver check takes
     Euler–Maruyama's sub-steps of those coefficients."""
-    from .cells import frame
-
-    problem, m, x0 = spec.problem, spec.method, spec.x0
+    problem, m = spec.problem, spec.method
     H, x, lr, names, d, ks, times, zeros = _cell_grid(spec)
     wd = m.weight_decay * np.eye(d)
     order = 1 if spec.kind == "discrete" else spec.order

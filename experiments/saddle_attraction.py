@@ -63,8 +63,8 @@ class Config:
     @classmethod
     def quick(cls) -> "Config":
         return cls(n_paths=400, n_paths_sam_sde=150, horizon=6.0, records=30, dt_ratio=2,
-                   grid_rhos=(0.1, 0.3, 0.6, 1.0, 1.5), grid_lrs=(0.02, 0.1, 0.4),
-                   grid_horizon=12.0, grid_paths=300, grid_sde_paths=150, grid_sde_dt=0.05)
+                   grid_rhos=(0.1, 0.3, 0.6, 1.0, 1.5), grid_lrs=(0.05, 0.1, 0.4),
+                   grid_horizon=10.0, grid_paths=300, grid_sde_paths=150, grid_sde_dt=0.05)
 
     @classmethod
     def tiny(cls) -> "Config":

@@ -224,7 +224,7 @@ def _weak_error_accepts(name: str) -> bool:
     """Whether :func:`sde_sam.weak_error` takes the keyword ``name`` (features that land later)."""
     import inspect
 
-    from .weak_error import weak_error
+    from .weak import weak_error
 
     return name in inspect.signature(weak_error).parameters
 
@@ -300,7 +300,7 @@ def _check_out(out: Path) -> None:
 
 
 def _run_weak_error(args) -> int:
-    from .weak_error import weak_error
+    from .weak import weak_error
 
     if args.method == "unifiedsam" and args.lam > 1:
         raise UsageError(f"argument --lam: must be in [0, 1], got {args.lam:g}")

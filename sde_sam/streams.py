@@ -21,7 +21,7 @@ blocks. Consequences:
   path gets depends on ``m_b``. A 16-path run is **not** the first 16 paths of a 256-path run (nor of a
   1030-path run's last block); it is an independent sample of the same law.
 - The weak-error studies derive a separate integer seed per cell from ``(seed, lr, cell kind)``
-  (:func:`sde_sam.weak_error.cells.cell_seed`), so a cell's paths do not depend on the other cells either.
+  (:func:`sde_sam.weak.cells.cell_seed`), so a cell's paths do not depend on the other cells either.
 
 These default streams are what every saved result was computed with; they are kept bit for bit.
 """

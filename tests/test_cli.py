@@ -151,7 +151,7 @@ def test_help_texts_complete(capsys):
     assert "(default: auto)" in text  # the API's default mode
     import inspect
 
-    from sde_sam.weak_error import weak_error
+    from sde_sam.weak import weak_error
     api = inspect.signature(weak_error).parameters
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices["weak-error"]

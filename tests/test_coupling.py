@@ -8,7 +8,6 @@ the coupling are refused with the reason.
 """
 from __future__ import annotations
 
-import importlib
 import warnings
 
 import numpy as np
@@ -18,8 +17,8 @@ import torch
 
 import sde_sam as ss
 
-wem = importlib.import_module("sde_sam.weak_error")
-coupling = importlib.import_module("sde_sam.weak_error.coupling")
+import sde_sam.weak as wem
+import sde_sam.weak.coupling as coupling
 F64 = torch.float64
 pytestmark = pytest.mark.filterwarnings("ignore:lrs=.*a slope needs at least two")
 

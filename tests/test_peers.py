@@ -281,7 +281,7 @@ def test_weight_decay_in_the_per_draw_values_and_exact_mode():
                                                    order=order, eps=1e-12)
             torch.testing.assert_close(G1 - G0, 0.5 * x, rtol=0, atol=1e-14)
             assert torch.equal(g0, g1) and torch.equal(N0, N1)
-    from sde_sam.weak_error.exact import _exact_applicable
+    from sde_sam.weak.exact import _exact_applicable
     quad = WD_PROBLEMS["quadratic"]()
     method = ss.USAM(0.1, 0.2, weight_decay=0.3, momentum=0.5)
     assert _exact_applicable(quad, method) is None  # A + λI: still linear-Gaussian (MATH §3.6)

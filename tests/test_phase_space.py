@@ -10,7 +10,6 @@ integral of the model's own ``sde.linear``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
 import math
 
@@ -25,7 +24,7 @@ from sde_sam.drift import model_gradients
 from sde_sam.solvers import Coupled, EulerMaruyama, FusedLinear, TwoDraw
 
 F64 = torch.float64
-wem = importlib.import_module("sde_sam.weak_error")
+import sde_sam.weak as wem
 LAMS, SIGMA2, X0 = (1.0, 4.0), 1.0, (1.0, 1.0)
 
 

@@ -22,7 +22,7 @@ import sde_sam as ss
 from sde_sam import _io, executors
 from sde_sam.executors import grid, run_cells, spec_key
 from sde_sam.problems.zoo import teacher_student
-from sde_sam.weak_error import storage
+from sde_sam.weak import storage
 
 F64 = torch.float64
 

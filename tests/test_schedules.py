@@ -98,7 +98,7 @@ def test_bad_input(call, match):
 import numpy as np  # noqa: E402
 
 import sde_sam as ss  # noqa: E402
-from sde_sam.weak_error import exact as exact_mod  # noqa: E402
+from sde_sam.weak import exact as exact_mod  # noqa: E402
 
 F64 = torch.float64
 H2 = torch.diag(torch.tensor([1.0, 4.0], dtype=F64))

@@ -2,7 +2,6 @@
 against them within 4 SE, the Monte-Carlo floor, resuming, and a non-quadratic finite sum (slow)."""
 from __future__ import annotations
 
-import importlib
 import math
 import warnings
 
@@ -13,10 +12,9 @@ import torch
 from scipy.linalg import expm
 
 import sde_sam as ss
-# The module itself (``sde_sam.weak_error`` as a package attribute may be the function once exported).
-wem = importlib.import_module("sde_sam.weak_error")
+import sde_sam.weak as wem
 MonteCarloFloorError, WeakErrorStudy, weak_error = wem.MonteCarloFloorError, wem.WeakErrorStudy, wem.weak_error
-cells_mod = importlib.import_module("sde_sam.weak_error.cells")
+import sde_sam.weak.cells as cells_mod
 
 F64 = torch.float64
 # Several tests use one lr on purpose; the up-front warning has its own test (pytest.warns still sees it).
@@ -460,3 +458,21 @@ def test_new_options_first_order_models_have_order_one(which):
                        test_functions=["grad_norm_plus_x_norm"], seed=0)
     fit = study.order("grad_norm_plus_x_norm")
     assert fit.ci_low <= 1.0 <= fit.ci_high, (fit, fit.points)
+
+
+def test_old_module_path_warns_and_forwards():
+    """``sde_sam.weak_error`` as a module path (the package before its rename to ``sde_sam.weak``) still imports for
+    one release, with a DeprecationWarning, serving the same objects, never a second copy of a module; and
+    ``ss.weak_error`` stays callable after such an import rebinds the name."""
+    import subprocess
+    import sys
+    code = ("import warnings, sde_sam as ss, sde_sam.weak.exact as new\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from sde_sam.weak_error import WeakErrorStudy\n"
+            "    import sde_sam.weak_error.exact as old\n"
+            "assert [x.category for x in w] == [DeprecationWarning] * 2, w\n"
+            "assert 'sde_sam.weak' in str(w[0].message)\n"
+            "assert WeakErrorStudy is ss.WeakErrorStudy and old._exact_applicable is new._exact_applicable\n"
+            "assert callable(ss.weak_error) and ss.weak_error.WeakErrorStudy is ss.WeakErrorStudy\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,7 +3,6 @@ issues 19 and 20). Replicate checks against exact truth: synthetic gaps with a k
 (pure estimator tests, no simulation), and null studies whose every true gap is 0."""
 from __future__ import annotations
 
-import importlib
 import math
 import warnings
 
@@ -13,9 +12,9 @@ import torch
 
 import sde_sam as ss
 
-wem = importlib.import_module("sde_sam.weak_error")
-est = importlib.import_module("sde_sam.weak_error.estimators")
-om = importlib.import_module("sde_sam.weak_error.order")
+import sde_sam.weak as wem
+import sde_sam.weak.estimators as est
+import sde_sam.weak.order as om
 F64 = torch.float64
 REPLICATES = 200
 

@@ -8,7 +8,6 @@ refuses a null study, the solver check's SE is the sd of what it reports.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import warnings
 
@@ -19,8 +18,8 @@ import torch
 
 import sde_sam as ss
 
-wem = importlib.import_module("sde_sam.weak_error")
-est = importlib.import_module("sde_sam.weak_error.estimators")
+import sde_sam.weak as wem
+import sde_sam.weak.estimators as est
 F64 = torch.float64
 REPLICATES = 200
 pytestmark = pytest.mark.filterwarnings("ignore:lrs=.*a slope needs at least two")

@@ -66,7 +66,7 @@ class MonteCarloFloorError(ValueError):
 
 @dataclass(frozen=True)
 class OrderFit:
-    r"""A fitted weak order (:mod:`sde_sam.weak_error.order`): :math:`\log\hat G(\eta) = a + \alpha\log\eta`
+    r"""A fitted weak order (:mod:`sde_sam.weak.order`): :math:`\log\hat G(\eta) = a + \alpha\log\eta`
     (+ correction terms in :math:`\eta/\eta_{\max}` when ``targets == "order"``).
 
     Attributes:

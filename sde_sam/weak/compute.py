@@ -1,7 +1,7 @@
 """One cell of a weak-error study, in any process: exact moments, a coupled pair, or a Monte-Carlo run.
 
 The dispatch sits above the three kinds of cell (:mod:`.exact`, :mod:`.coupling`, :mod:`.cells`), which
-import only :mod:`.cells`' specs and frames: no import circle inside :mod:`sde_sam.weak_error`."""
+import only :mod:`.cells`' specs and frames: no import circle inside :mod:`sde_sam.weak`."""
 from __future__ import annotations
 
 import time

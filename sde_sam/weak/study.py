@@ -22,7 +22,7 @@ from .storage import load_frames, save_study
 
 @dataclass(repr=False)
 class WeakErrorStudy:
-    """The outcome of :func:`~sde_sam.weak_error.weak_error`.
+    """The outcome of :func:`~sde_sam.weak.weak_error`.
 
     Attributes:
         table: Tidy DataFrame, one row per (lr, model, test_function, time): ``lr, rho, model,
@@ -78,7 +78,7 @@ class WeakErrorStudy:
         """The max-over-time gap per (lr, model, test_function), over times t > 0.
 
         Monte Carlo: the cross-fitted gap (time chosen on one half of the paths, gap estimated on the other,
-        both ways round; see :mod:`sde_sam.weak_error.estimators`) in ``gap`` with ``gap_se``; ``time`` and
+        both ways round; see :mod:`sde_sam.weak.estimators`) in ``gap`` with ``gap_se``; ``time`` and
         ``time_b`` the times chosen on each half; ``under_floor`` when ``gap < 3·gap_se``. Exact: the
         largest |gap| and its time. Also ``abs_gap = |gap|``, ``direction`` (sign of discrete − SDE at
         ``time``) and ``naive_max`` (the biased :math:`\\max_k|\\hat g_k|` on all paths, for reference).
@@ -183,7 +183,7 @@ class WeakErrorStudy:
         return OrderFit(test_fn, model, fit=kind, points=pts, near_floor=near, excluded=excluded, **fit)
 
     def order(self, test_fn: str, model: str | None = None, *, lrs: Sequence[float] | None = None) -> OrderFit:
-        r"""The weak order :math:`p` of ``model`` on ``test_fn`` (MATH §5, :mod:`sde_sam.weak_error.order`).
+        r"""The weak order :math:`p` of ``model`` on ``test_fn`` (MATH §5, :mod:`sde_sam.weak.order`).
 
         Monte Carlo with 4 or more lrs: weighted least squares of :math:`\log\hat G` on :math:`\log\eta` with a
         correction term :math:`D\eta` (and the spread to a second one when the data resolve it), so that the 95%
@@ -316,7 +316,7 @@ class WeakErrorStudy:
                 f"test_functions={self.test_functions}, horizon={self.config['horizon']:g})")
 
     def plot(self, test_fns: Sequence[str] | None = None):
-        """Log-log figure of the gap against lr (see :func:`sde_sam.weak_error.figure.plot_study`)."""
+        """Log-log figure of the gap against lr (see :func:`sde_sam.weak.figure.plot_study`)."""
         from .figure import plot_study
 
         return plot_study(self, self.test_functions if test_fns is None else [self._test_fn(t) for t in test_fns])

@@ -97,12 +97,46 @@ def _cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
                  "`coupling=True` does not apply", id="coupling-needs-gaussian-noise",
                  marks=pytest.mark.skipif(not cli._weak_error_accepts("coupling"), reason="no coupling= yet")),
 ])
-def test_errors_are_one_line_messages_with_exit_status_2(argv, message):
-    result = _cli(*argv)
-    assert result.returncode == 2, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("python -m sde_sam") and ": error: " in last and message in last, result.stderr
-    assert "Traceback" not in result.stderr
+def test_errors_are_one_line_messages_with_exit_status_2(argv, message, _entry_point_errors):
+    code, stderr = _entry_point_errors[json.dumps(argv)]
+    assert code == 2, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m sde_sam") and ": error: " in last and message in last, stderr
+    assert "Traceback" not in stderr
+
+
+# The cases above run in ONE child process (a fresh interpreter costs ~5 s of imports per case on 2 cores), each
+# through the real ``python -m sde_sam`` entry point (runpy, as ``-m`` does), its exit status and stderr captured;
+# an exception other than SystemExit is recorded with its traceback, as a crashed process would print it.
+_CHILD = """
+import contextlib, io, json, runpy, sys, traceback, warnings
+out = {}
+for argv in json.loads(sys.stdin.read()):
+    err = io.StringIO()
+    sys.argv = ["python -m sde_sam", *argv]
+    with contextlib.redirect_stderr(err), warnings.catch_warnings():
+        try:
+            runpy.run_module("sde_sam", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    out[json.dumps(argv)] = [code, err.getvalue()]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def _entry_point_errors(request):
+    marks = test_errors_are_one_line_messages_with_exit_status_2.pytestmark
+    cases = next(m for m in marks if m.name == "parametrize").args[1]
+    argvs = [case.values[0] if hasattr(case, "values") else case[0] for case in cases]
+    result = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(argvs), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow

@@ -11,12 +11,13 @@ the first-order SDEs of Compagnoni et al. (ICML 2023), ``r = 2`` the third-order
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from .autodiff import taylor_terms
+from . import autodiff
 from .methods import Method, perturb, split
 from .problems.base import Problem
 from .problems.finite_sum import FiniteSum
@@ -31,7 +32,8 @@ def check_order(order) -> int | str:
 
 
 def model_gradients(problem: Problem, method: Method, x: Tensor, draws: Tensor, *, order, eps: float,
-                    v: Tensor | None = None, full_grad: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                    v: Tensor | None = None, full_grad: Tensor | None = None,
+                    drift_every: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     r"""Per-row :math:`g_\gamma = \nabla f_\gamma(x)`, the drift's :math:`G^{(r)}_\gamma(x)` and the diffusion's :math:`G^{(r')}_\gamma(x)`.
 
     :math:`r' = \min(r, 1)` for the Taylor models and :math:`r' = r` for ``"exact"`` (MATH §3.1). The
@@ -41,6 +43,13 @@ def model_gradients(problem: Problem, method: Method, x: Tensor, draws: Tensor, 
     :math:`G^{(r)}_\gamma = \frac1k\sum_j G^{(r)}_{\gamma^{(j)}}` (MATH §2.2, §3.6). Weight decay adds
     :math:`\lambda x` to the drift's :math:`G^{(r)}` only (exact at every order; the diffusion is unchanged,
     MATH §3.6).
+
+    Cost per row (``from_module`` problems; ``tests/test_autodiff.py``): a perturbation formed from
+    :math:`g_\gamma` and per-row tensors only (SAM, USAM, ASAM, DNSAM, Eigen-SAM, ...) takes :math:`g_\gamma`,
+    :math:`\varepsilon_\gamma` and :math:`\nabla^2 f_\gamma\varepsilon_\gamma` from one ``vjp`` of the gradient map
+    (:func:`sde_sam.autodiff.grad_and_hvp_along`, about two gradients); other perturbations evaluate
+    :math:`g_\gamma` first. The third-derivative term of order 2 is evaluated only on the rows whose drift is
+    asked for (``drift_every``).
 
     Args:
         problem: Objective and noise model.
@@ -52,30 +61,73 @@ def model_gradients(problem: Problem, method: Method, x: Tensor, draws: Tensor, 
         v: ``(N, d)`` unit top-eigenvectors (Eigen-SAM).
         full_grad: ``(N, d)`` full-batch gradients (DNSAM), when the caller has them (the two-draw scheme
             computes them once per path for both draws); ``None``: computed here if the method needs them.
+        drift_every: ``s``: the drift's :math:`G^{(r)}` is returned for rows ``0, s, 2s, ...`` only (the two-draw
+            scheme's drift uses the first of each path's two draws); ``N`` must be a multiple of ``s``.
 
     Returns:
-        ``g``, ``G`` and ``G_noise``, each ``(N, d)``.
+        ``g`` and ``G_noise``, each ``(N, d)``, and ``G``, ``(N / drift_every, d)``.
     """
-    g, G, G_noise = _model_gradients(problem, method, x, draws, order=order, eps=eps, v=v, full_grad=full_grad)
+    if drift_every < 1 or x.shape[0] % drift_every:
+        raise ValueError(f"`drift_every` must be a positive divisor of the number of rows {x.shape[0]}, got "
+                         f"drift_every={drift_every!r}")
+    g, G, G_noise = _model_gradients(problem, method, x, draws, order=order, eps=eps, v=v, full_grad=full_grad,
+                                     every=drift_every)
     if method.weight_decay != 0.0:
-        G = G.add(x, alpha=method.weight_decay)
+        G = G.add(x[::drift_every], alpha=method.weight_decay)
     return g, G, G_noise
 
 
-def _model_gradients(problem, method, x, draws, *, order, eps, v, full_grad):
+# Oracles that are per-row tensors: a perturbation needing only these is formed under the path vmap.
+_ROW_ORACLES = {"full_grad": "full_grad", "eigenvector": "v", "x": "x"}
+
+
+def _fused_perturbation(method: Method, eps: float, names: tuple[str, ...]):
+    """``direction(g1, *row_tensors1) -> eps1`` for :func:`sde_sam.autodiff.grad_and_hvp_along`: the method's own
+    perturbation on a one-row batch, so that its formula is written once."""
+    def direction(g1: Tensor, *row1: Tensor) -> Tensor:
+        kw = {name: t.unsqueeze(0) for name, t in zip(names, row1)}
+        return method.perturbation(g1.unsqueeze(0), eps=eps, **kw).eps.squeeze(0)
+    return direction
+
+
+def _model_gradients(problem, method, x, draws, *, order, eps, v, full_grad, every):
     if not method.perturbs or order == 0:
         g = problem.stochastic_grad(x, draws)
-        return g, g, g
+        return g, g[::every], g
     r = split(problem, method, x, draws, v=v, full_grad=full_grad)
-    g = problem.stochastic_grad(r.x, r.draws)
-    e = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad).eps
     if order == "exact":
+        g = problem.stochastic_grad(r.x, r.draws)
+        e = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad).eps
         G = r.merge(problem.stochastic_grad(r.x + e, r.draws))
-        return r.merge(g), G, G
-    terms = taylor_terms(problem.stochastic_grad_single, r.x, e, order, r.draws)
-    G1 = terms[0] + terms[1]
-    G = G1 + terms[2] if order == 2 else G1
-    return r.merge(terms[0]), r.merge(G), r.merge(G1)
+        return r.merge(g), G[::every], G
+    fn = problem.stochastic_grad_single
+    if method.oracles <= set(_ROW_ORACLES):
+        if "full_grad" in method.oracles and r.full_grad is None:
+            r = dataclasses.replace(r, full_grad=problem.grad(r.x))
+        row = {"full_grad": r.full_grad, "v": r.v, "x": r.x}
+        names = tuple(_ROW_ORACLES[o] for o in sorted(method.oracles))
+        g, e, h = autodiff.grad_and_hvp_along(fn, r.x, _fused_perturbation(method, eps, names), r.draws,
+                                              direction_args=tuple(row[n] for n in names))
+    else:
+        g = problem.stochastic_grad(r.x, r.draws)
+        e = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad).eps
+        g, h = autodiff.taylor_terms(fn, r.x, e, 1, r.draws)
+    G1 = g + h
+    G = G1
+    if order == 2:  # the third-derivative term, on the drift's rows only (all micro-batches of each)
+        pick = lambda t: _drift_rows(t, every, r.k)  # noqa: E731
+        G = pick(G1) + autodiff.taylor_terms(fn, pick(r.x), pick(e), 2, pick(r.draws))[2]
+    G = r.merge(G)
+    return r.merge(g), (G if order == 2 else G[::every]), r.merge(G1)
+
+
+def _drift_rows(t, every: int, k: int):
+    """Rows ``0, s, 2s, ...`` of the caller's rows, each with its ``k`` micro-batch rows (``t``: split rows)."""
+    if every == 1:
+        return t
+    if isinstance(t, tuple):
+        return tuple(_drift_rows(u, every, k) for u in t)
+    return t.unflatten(0, (-1, every, k))[:, 0].flatten(0, 1)
 
 
 def effective_grads(problem: Problem, method: Method, x: Tensor, draws: Tensor, *, order, eps: float,

@@ -206,10 +206,13 @@ class SDEModel:
         return power_iteration(lambda u: self.problem.hvp(x, u), v, self.method.power_iters, self.eps)
 
     # -- drift and noise -----------------------------------------------------------------------------
-    def draw_values(self, x: Tensor, draws: Tensor | None, v: Tensor | None, mode: str):
+    def draw_values(self, x: Tensor, draws: Tensor | None, v: Tensor | None, mode: str, *,
+                    drift_draws: int | None = None):
         """``(g, G, G_noise)``, each ``(n, N, d)``, over the enumerated, sampled or two draws of each path at
         parameters ``x: (n, d)``: the stochastic gradient, the order-``r`` and the order-``r'`` effective
-        gradients of each draw (``mode``: ``"enumerate"``, else the given ``draws``)."""
+        gradients of each draw (``mode``: ``"enumerate"``, else the given ``draws``). ``drift_draws=1``: ``G``
+        only for each path's first draw, ``(n, 1, d)`` (the two-draw scheme's drift; saves the order-2 term on
+        the others)."""
         n, d = x.shape
         if mode == "enumerate":
             N = self._plan.draws_all.shape[0]
@@ -221,9 +224,11 @@ class SDEModel:
         vr = v.repeat_interleave(N, dim=0) if v is not None else None
         # DNSAM's full-batch gradient: once per path, shared by its draws.
         full = self.problem.grad(x).repeat_interleave(N, dim=0) if self.method.uses_full_grad else None
+        if drift_draws not in (None, 1):
+            raise ValueError(f"`drift_draws` must be None or 1, got drift_draws={drift_draws!r}")
         vals = model_gradients(self.problem, self.method, xr, flat, order=self.order, eps=self.eps, v=vr,
-                               full_grad=full)
-        return tuple(t.view(n, N, d) for t in vals)
+                               full_grad=full, drift_every=N if drift_draws == 1 else 1)
+        return tuple(t.view(n, -1, d) for t in vals)
 
     def _affine_c(self, x: Tensor) -> Tensor | float:
         if self._plan.affine == "sgd":

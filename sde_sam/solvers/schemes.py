@@ -203,7 +203,7 @@ class TwoDraw(Solver):
             raise ValueError(f"the two-draw scheme needs 0 < dt < {sde.step_time} (lr, or sqrt(lr) in phase "
                              f"space), got dt={dt}")
         draws, zeta = rand
-        _, G, Gn = sde.draw_values(sde.position(x), draws, v, "two_draw")
+        _, G, Gn = sde.draw_values(sde.position(x), draws, v, "two_draw", drift_draws=1)
         drift, noise = -G[:, 0], math.sqrt((sde.step_time - dt) / 2) * (Gn[:, 0] - Gn[:, 1]) * zeta
         if sde.friction is not None:
             return phase_space.terms(x, drift, noise, sde.friction)

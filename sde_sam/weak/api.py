@@ -31,7 +31,7 @@ import hashlib
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,7 @@ from ..problems.gaussian import Objective
 from .cells import CellSpec, cell_specs, model_label, test_function_specs
 from .compute import compute_cell
 from .exact import EXACT_TEST_FUNCTIONS, _exact_applicable, _warn_unstable
+from . import pilot as _pilot
 from . import storage
 from .study import WeakErrorStudy
 
@@ -61,7 +62,7 @@ def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizo
                diffusion: str = "factor", expectation: Any = "auto", increments: str = "gaussian",
                solver_check: bool = True, chunk_size: int | None = None, max_norm: float = math.inf,
                results_dir: str | Path | None = None, executor: Any = None,
-               progress: bool | None = None) -> WeakErrorStudy:
+               progress: bool | None = None, pilot: bool = True) -> WeakErrorStudy:
     r"""Weak error of ``method`` against its SDE models over a grid of learning rates (MATH §5).
 
     For each ``lr`` the method runs ``floor(horizon / lr)`` steps; each model is integrated by
@@ -98,6 +99,10 @@ def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizo
         executor: ``None`` (cells one after another here) or any ``concurrent.futures``-style executor, e.g.
             :class:`sde_sam.executors.RayExecutor` (see :func:`sde_sam.executors.run_cells`).
         progress: Progress bar over cells (``None``: on a terminal, in Monte-Carlo mode).
+        pilot: Estimate the cost of the cells still to compute from a short pilot before starting (Monte
+            Carlo; :func:`estimate_cost`, :mod:`.pilot`): each cell's estimate is in ``study.cells``
+            (``estimated_seconds``, beside the measured ``seconds``), and an estimate above 10 s is announced
+            on one line of stderr unless ``progress=False``. It does not change the study's numbers.
 
     Returns:
         A :class:`WeakErrorStudy`.
@@ -108,6 +113,39 @@ def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizo
         >>> study.order("loss", "order 0").slope  # doctest: +SKIP
         0.5...
     """
+    plan = _plan(problem, method, lrs=lrs, horizon=horizon, x0=x0, n_paths=n_paths, seed=seed,
+                 test_functions=test_functions, sde_order=sde_order, rho=rho, dt_ratio=dt_ratio, mode=mode,
+                 coupling=coupling, record_every=record_every, diffusion=diffusion, expectation=expectation,
+                 increments=increments, solver_check=solver_check, chunk_size=chunk_size, max_norm=max_norm)
+    mode, grid, labels, coupled, config, specs = plan
+    if not isinstance(pilot, bool):
+        raise ValueError(f"`pilot` must be True or False, got pilot={pilot!r}")
+    show = progress if progress is not None else None if mode == "monte_carlo" else False
+    store = storage.open_cells(results_dir, config)
+    done, cell_rows = _run(specs, store, config, executor, show, n_paths if mode != "exact" else None,
+                           pilot=pilot and mode == "monte_carlo", announce=progress is not False)
+    table, solver = _assemble(grid, labels, done, mode, coupled, solver_check, dt_ratio)
+    study = WeakErrorStudy(table=table, solver_table=solver, cells=pd.DataFrame(cell_rows), config=config, mode=mode)
+    if results_dir is not None:
+        study.save(results_dir)
+    return study
+
+
+class _Plan(NamedTuple):
+    """A study's cells and settings, before any cell runs (:func:`weak_error`, :func:`estimate_cost`)."""
+
+    mode: str
+    grid: list
+    labels: dict
+    coupled: bool
+    config: dict
+    specs: list[CellSpec]
+
+
+def _plan(problem, method, *, lrs, horizon, x0, n_paths, seed, test_functions, sde_order, rho, dt_ratio, mode,
+          coupling, record_every, diffusion, expectation, increments, solver_check, chunk_size,
+          max_norm) -> _Plan:
+    """Validate the arguments (warnings point at the caller of :func:`weak_error`) and list the cells."""
     lrs, orders, rho = _check_arguments(problem, method, lrs=lrs, horizon=horizon, x0=x0, n_paths=n_paths,
                                         dt_ratio=dt_ratio, record_every=record_every, sde_order=sde_order,
                                         mode=mode, diffusion=diffusion, rho=rho, coupling=coupling,
@@ -115,10 +153,10 @@ def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizo
     mode, tfs = _resolve_mode(problem, method, mode, test_function_specs(test_functions), lrs, rho, coupling)
     if mode == "exact" and n_paths != DEFAULT_N_PATHS:
         warnings.warn(f"exact mode computes the moments in closed form and ignores n_paths={n_paths}; pass "
-                      "mode='monte_carlo' to simulate paths", stacklevel=2)
+                      "mode='monte_carlo' to simulate paths", stacklevel=3)
     if len(lrs) < 2:
         warnings.warn(f"lrs={lrs}: a slope needs at least two learning rates; the study gives the gaps only",
-                      stacklevel=2)
+                      stacklevel=3)
     grid = []
     for lr in lrs:
         m = method.with_lr(lr) if rho is None else method.with_lr(lr).with_rho(float(rho(lr)) if callable(rho) else rho)
@@ -135,14 +173,44 @@ def weak_error(problem: Problem, method: Method, *, lrs: Sequence[float], horizo
                 diffusion=diffusion, expectation=expectation, increments=increments, chunk_size=chunk_size,
                 max_norm=max_norm)
     specs = cell_specs(grid, labels, mode, coupled, solver_check, opts)
-    show = progress if progress is not None else None if mode == "monte_carlo" else False
-    store = storage.open_cells(results_dir, config)
-    done, cell_rows = _run(specs, store, config, executor, show, n_paths if mode != "exact" else None)
-    table, solver = _assemble(grid, labels, done, mode, coupled, solver_check, dt_ratio)
-    study = WeakErrorStudy(table=table, solver_table=solver, cells=pd.DataFrame(cell_rows), config=config, mode=mode)
-    if results_dir is not None:
-        study.save(results_dir)
-    return study
+    return _Plan(mode, grid, labels, coupled, config, specs)
+
+
+def estimate_cost(problem: Problem, method: Method, *, lrs: Sequence[float], horizon: float, x0: torch.Tensor,
+                  n_paths: int = DEFAULT_N_PATHS, seed: int = 0, test_functions: Sequence | None = None,
+                  sde_order=1, rho: float | Callable[[float], float] | None = None, dt_ratio: int = 10,
+                  mode: str = "auto", coupling: bool = False, record_every: int | None = None,
+                  diffusion: str = "factor", expectation: Any = "auto", increments: str = "gaussian",
+                  solver_check: bool = True, chunk_size: int | None = None, max_norm: float = math.inf,
+                  results_dir: str | Path | None = None) -> _pilot.CostEstimate:
+    """What :func:`weak_error` with these arguments would cost, from a short pilot (:mod:`.pilot`).
+
+    The arguments are :func:`weak_error`'s (less ``executor``, ``progress`` and ``pilot``), validated the same
+    way. Cells already finished in ``results_dir`` are listed, not counted; nothing is written there. The
+    estimate is the serial time in this process (an executor divides it by its workers); exact mode needs
+    no pilot (closed forms, counted as free).
+
+    Returns:
+        A :class:`~sde_sam.weak.pilot.CostEstimate`: ``seconds``, one :class:`~sde_sam.weak.pilot.CellCost` per
+        cell (``frame()`` as a table), the finished cells, the pilot's own seconds and how it was measured.
+
+    Example:
+        >>> est = ss.weak.estimate_cost(prob, ss.SAM(0.1, rho=0.05), lrs=[0.1, 0.05], horizon=1.0, x0=x0)  # doctest: +SKIP
+        >>> print(est)  # doctest: +SKIP
+        weak_error: 10 cells to compute, estimated 3.5 min (serial; from a 1.2 s pilot; ...)
+    """
+    mode, _, _, _, config, specs = _plan(
+        problem, method, lrs=lrs, horizon=horizon, x0=x0, n_paths=n_paths, seed=seed, test_functions=test_functions,
+        sde_order=sde_order, rho=rho, dt_ratio=dt_ratio, mode=mode, coupling=coupling, record_every=record_every,
+        diffusion=diffusion, expectation=expectation, increments=increments, solver_check=solver_check,
+        chunk_size=chunk_size, max_norm=max_norm)
+    store = None  # read only: a study's results_dir is written by weak_error alone
+    if results_dir is not None and (Path(results_dir) / "cells").is_dir():
+        from .._io import CellStore
+
+        store = CellStore(Path(results_dir) / "cells")
+    finished = [s.key for s in specs if storage.load_cell(store, s.key, config) is not None]
+    return _pilot.estimate_cells([s for s in specs if s.key not in finished], finished=finished)
 
 
 def _cell(spec: CellSpec):
@@ -150,14 +218,21 @@ def _cell(spec: CellSpec):
     return compute_cell(spec)
 
 
-def _run(specs: list[CellSpec], store, config: dict, executor, show, n_paths: int | None):
-    """Load the saved cells (each checked against the settings it records), run the missing ones through
-    ``run_cells`` (saving each as it completes)."""
+def _run(specs: list[CellSpec], store, config: dict, executor, show, n_paths: int | None, *, pilot: bool = False,
+         announce: bool = False):
+    """Load the saved cells (each checked against the settings it records), estimate the missing ones from a
+    pilot (``pilot``; announced when worth it), run them through ``run_cells`` (saving each as it completes)."""
     done, source, seconds = {}, {}, {}
     for spec in specs:
         frame = storage.load_cell(store, spec.key, config)
         if frame is not None:
             done[spec.key], source[spec.key], seconds[spec.key] = frame, "loaded", 0.0
+    estimated = {}
+    if pilot:
+        estimate = _pilot.estimate_cells([s for s in specs if s.key not in done], finished=list(done))
+        estimated = {(c.kind, c.lr, c.rho): c.seconds for c in estimate.cells}
+        if announce:
+            _pilot.announce(estimate)
 
     def finished(key, result) -> None:  # in this process only: the one writer of results_dir
         frame, secs = result
@@ -174,7 +249,8 @@ def _run(specs: list[CellSpec], store, config: dict, executor, show, n_paths: in
             warnings.warn(f"{spec.kind} at lr={spec.method.lr:g}: {n_div} of {n_paths} paths diverged and are "
                           "left out", stacklevel=3)
         rows.append({"kind": spec.kind, "lr": spec.method.lr, "rho": spec.method.rho, "n_paths": n_paths,
-                     "n_diverged": n_div, "seconds": seconds[spec.key], "source": source[spec.key]})
+                     "n_diverged": n_div, "seconds": seconds[spec.key], "source": source[spec.key],
+                     "estimated_seconds": estimated.get(spec.key, math.nan)})
     return done, rows
 
 
@@ -193,7 +269,7 @@ def _check_arguments(problem, method, *, lrs, horizon, x0, n_paths, dt_ratio, re
     if _checks.positive_int("dt_ratio", dt_ratio) < 2:
         warnings.warn(f"dt_ratio={dt_ratio}: with dt >= lr Euler–Maruyama of the SDE can coincide with the "
                       "discrete method in law, so the study proves nothing (MATH §4); use dt_ratio >= 2 (default 10)",
-                      stacklevel=3)
+                      stacklevel=4)
     if record_every is not None:
         _checks.positive_int("record_every", record_every)
     orders = list(sde_order) if isinstance(sde_order, (list, tuple)) else [sde_order]
@@ -251,7 +327,7 @@ def _resolve_mode(problem, method, mode: str, tfs: dict, lrs, rho, coupling: boo
     dropped = [k for k in tfs if k not in EXACT_TEST_FUNCTIONS]
     if dropped:
         warnings.warn(f"exact mode has closed forms only for {EXACT_TEST_FUNCTIONS}; dropping test "
-                      f"functions {dropped} (use mode='monte_carlo' to keep them)", stacklevel=3)
+                      f"functions {dropped} (use mode='monte_carlo' to keep them)", stacklevel=4)
     tfs = {k: v for k, v in tfs.items() if k in EXACT_TEST_FUNCTIONS}
     if not tfs:
         raise ValueError(f"no test function left for exact mode; it supports {EXACT_TEST_FUNCTIONS}")

@@ -75,7 +75,7 @@ def _refit(study, tf: str, model: str, err: ValueError, label: dict) -> dict:
         keep = points.loc[~points["under_floor"], "lr"].tolist()
         dropped = points.loc[points["under_floor"], "lr"].tolist()
         if len(keep) >= 2:
-            fit = study.order(tf, model, lrs=keep)
+            fit = study.weak_order(tf, model, lrs=keep)
             return {**row, "slope": fit.slope, "intercept": fit.intercept, "ci_low": fit.ci_low, "ci_high": fit.ci_high, "slope_se": fit.slope_se,
                     "fit": "wls, floor points dropped", "n_lrs": len(fit.points),
                     "note": f"lr={dropped} below the Monte-Carlo floor, left out of the fit. {err}"}
@@ -118,7 +118,7 @@ def run(cfg: Config, results: str | Path = _common.DEFAULT_RESULTS, *, executor=
             for tf in study.test_functions:
                 for model in study.models:
                     try:
-                        fit = study.order(tf, model)
+                        fit = study.weak_order(tf, model)
                         fits.append({**label, "model": model, "test_function": tf, "slope": fit.slope,
                                      "intercept": fit.intercept,
                                      "ci_low": fit.ci_low, "ci_high": fit.ci_high, "slope_se": fit.slope_se,

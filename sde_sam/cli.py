@@ -67,7 +67,7 @@ def _lrs(text: str) -> list[float]:
     if len(set(lrs)) != len(lrs):
         raise argparse.ArgumentTypeError(f"learning rates must be distinct, got {text!r}")
     if len(lrs) < 2:
-        raise argparse.ArgumentTypeError(f"need at least two learning rates to fit an order, got {text!r}")
+        raise argparse.ArgumentTypeError(f"need at least two learning rates to fit a weak order, got {text!r}")
     return lrs
 
 
@@ -162,11 +162,11 @@ def _add_weak_error(sub) -> None:
     from .methods import METHODS
 
     p = sub.add_parser(
-        "weak-error", help="weak error of a method against its SDE models, with the fitted order",
+        "weak-error", help="weak error of a method against its SDE models, with the fitted weak order",
         description="Run a weak-error study (docs/math.md §5): the max-over-time gap between the discrete "
-                    "method and each SDE model for every lr, the fitted order with a 95% CI, a log-log figure "
+                    "method and each SDE model for every lr, the fitted weak order in the lr with a 95% CI, a log-log figure "
                     "and the data. The defaults are a demo: USAM on f = ½xᵀdiag(1, 4)x with Σ = I, "
-                    "rho = 0.5·√lr, orders 0 and 1 (expect slopes 1/2 and 1), x0 = (½, ½), horizon ½. "
+                    "rho = 0.5·√lr, SDE orders 0 and 1 (expect slopes 1/2 and 1), x0 = (½, ½), horizon ½. "
                     "Like the Python API (ss.weak_error(mode='auto')), --mode auto uses exact moments where the "
                     "model is linear-Gaussian (SGD or USAM on the quadratic; --paths is then not used) and "
                     "Monte Carlo elsewhere; --mode monte_carlo forces simulation.",

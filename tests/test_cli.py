@@ -80,7 +80,7 @@ def _cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
     (["weak-error", "--rho", "-0.50"], "argument --rho: must be >= 0, got -0.50"),  # as typed, not the derived rho
     (["weak-error", "--lrs", "0.1,-0.05"], "argument --lrs: learning rates must be finite and > 0, got '0.1,-0.05'"),
     (["weak-error", "--lrs", "0.1,0.1"], "argument --lrs: learning rates must be distinct, got '0.1,0.1'"),
-    (["weak-error", "--lrs", "0.1"], "argument --lrs: need at least two learning rates to fit an order, got '0.1'"),
+    (["weak-error", "--lrs", "0.1"], "argument --lrs: need at least two learning rates to fit a weak order, got '0.1'"),
     (["weak-error", "--lrs", "0.1,x"], "argument --lrs: expected comma-separated numbers, got '0.1,x'"),
     (["weak-error", "--horizon", "0"], "argument --horizon: must be > 0, got 0"),
     (["weak-error", "--paths", "2.5"], "argument --paths: expected an integer, got '2.5'"),

@@ -113,7 +113,7 @@ def test_coupled_and_independent_agree_on_a_quartic_with_10x_smaller_se():
     assert ((gu["gap"] - gc["gap"]).abs() < 3 * np.hypot(gu["gap_se"], gc["gap_se"])).all()
     ratio = (gu["gap_se"] / gc["gap_se"]).to_numpy()
     assert ratio[-1] >= 10, ratio
-    fit = c.order("x_norm_sq")
+    fit = c.weak_order("x_norm_sq")
     assert fit.ci_low > 0.5 and not fit.inconclusive, fit
 
 
@@ -126,7 +126,7 @@ def test_coupled_order_at_ten_times_smaller_lrs():
                            x0=torch.full((2,), 0.5, dtype=F64), n_paths=4096, rho=lambda lr: 0.5 * lr**0.5,
                            sde_order=[0, 1], test_functions=["loss"], coupling=True, solver_check=False,
                            progress=False)
-    one, zero = study.order("loss", "order 1"), study.order("loss", "order 0")
+    one, zero = study.weak_order("loss", "order 1"), study.weak_order("loss", "order 0")
     assert one.ci_low > 0.5 and abs(one.slope - 1) < 0.25, one
     assert abs(zero.slope - 0.5) < 0.15, zero
 
@@ -188,6 +188,6 @@ def test_momentum_order_with_ci_matches_exact(method):
     prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=1.0)
     kw = dict(lrs=[0.01, 0.005, 0.0025], horizon=1.0, x0=torch.ones(2, dtype=F64), test_functions=["loss"],
               solver_check=False)
-    fit = wem.weak_error(prob, method, coupling=True, n_paths=4096, **kw).order("loss")
-    exact = wem.weak_error(prob, method, **kw).order("loss")
+    fit = wem.weak_error(prob, method, coupling=True, n_paths=4096, **kw).weak_order("loss")
+    exact = wem.weak_error(prob, method, **kw).weak_order("loss")
     assert fit.ci_low <= exact.slope <= fit.ci_high and fit.ci_low > 0.5, (fit, exact)

@@ -79,7 +79,7 @@ def test_exact_mode_matches_math_closed_forms(quad, x0):
 def test_exact_order_one_slope_with_fixed_rho(quad, x0):
     study = exact_study(quad, x0, lrs=[0.04, 0.02, 0.01, 0.005], horizon=1.0, rho=0.1, sde_order=1)
     for tf in ("loss", "x_norm_sq"):
-        fit = study.order(tf)
+        fit = study.weak_order(tf)
         assert abs(fit.slope - 1) < 0.1, fit
         # Exact points have no noise: no CI, and local slopes between consecutive lrs tending to 1.
         assert fit.fit == "exact" and math.isnan(fit.ci_low) and math.isnan(fit.ci_high) and not fit.inconclusive
@@ -95,10 +95,10 @@ def test_exact_sqrt_rho_separates_order_zero_from_order_one(quad, x0):
     study = exact_study(quad, x0, lrs=[0.04, 0.02, 0.01, 0.005], horizon=1.0, rho=lambda lr: lr**0.5,
                         sde_order=[0, 1])
     for tf in ("loss", "x_norm_sq"):
-        assert abs(study.order(tf, "order 0").slope - 0.5) < 0.1
+        assert abs(study.weak_order(tf, "order 0").slope - 0.5) < 0.1
         # Order 1 is exact in ρ here, its gap is η·C(ρ(η)) with C decreasing as ρ = √η shrinks: slope
         # a little above 1 at these η (1.15), tending to 1.
-        assert 1.0 <= study.order(tf, "order 1").slope < 1.2
+        assert 1.0 <= study.weak_order(tf, "order 1").slope < 1.2
     rhos = study.table.groupby("lr")["rho"].first()
     np.testing.assert_allclose(rhos.to_numpy(), rhos.index.to_numpy() ** 0.5)
 
@@ -177,7 +177,7 @@ def test_floor_refusal_says_how_many_paths(quad, x0):
     study = weak_error(quad, ss.USAM(0.1, rho=0.1), lrs=[0.1, 0.05, 0.025], horizon=0.3, x0=x0, n_paths=100,
                        mode="monte_carlo", test_functions=["loss"], solver_check=False)
     with pytest.raises(MonteCarloFloorError, match=r"below 3 standard errors .* about [\d,]+ paths") as info:
-        study.order("loss")
+        study.weak_order("loss")
     pts = info.value.points
     bad = pts[pts["under_floor"]]
     assert len(bad) >= 1 and (bad["abs_gap"] < 3 * bad["gap_se"]).all()
@@ -243,7 +243,7 @@ def test_interrupted_study_resumes_to_the_same_table(quad, x0, tmp_path, monkeyp
         pd.testing.assert_frame_equal(getattr(loaded, name), getattr(again, name), check_exact=True)
     assert loaded.config == again.config and loaded.mode == again.mode
     pd.testing.assert_frame_equal(loaded.max_gaps(), reference.max_gaps(), check_exact=True)
-    assert loaded.order("loss", "order 1").slope == reference.order("loss", "order 1").slope
+    assert loaded.weak_order("loss", "order 1").slope == reference.weak_order("loss", "order 1").slope
 
 
 def test_results_dir_refuses_a_different_study(quad, x0, tmp_path):
@@ -282,15 +282,27 @@ def test_table_columns_relative_and_plot(quad, x0, tmp_path):
 def test_order_arguments(quad, x0):
     study = exact_study(quad, x0, lrs=[0.1, 0.05, 0.025], horizon=0.5, sde_order=[0, 1])
     with pytest.raises(ValueError, match="`model` must be given"):
-        study.order("loss")
+        study.weak_order("loss")
     with pytest.raises(ValueError, match="`model` must be one of"):
-        study.order("loss", "order 2")
+        study.weak_order("loss", "order 2")
     with pytest.raises(ValueError, match="`test_fn` must be one of"):
-        study.order("grad_norm", "order 1")
+        study.weak_order("grad_norm", "order 1")
     with pytest.raises(ValueError, match="at least 2 learning rates"):
-        study.order("loss", "order 1", lrs=[0.1])
-    two = study.order("loss", "order 1", lrs=[0.1, 0.05])
+        study.weak_order("loss", "order 1", lrs=[0.1])
+    two = study.weak_order("loss", "order 1", lrs=[0.1, 0.05])
     assert two.dof == 0 and math.isnan(two.ci_low) and two.local_slopes["slope"].item() == pytest.approx(two.slope)
+
+
+def test_old_name_order_warns_and_forwards(quad, x0):
+    """``study.order`` (a second meaning of "order" beside the SDE model's) is ``weak_order`` for one release."""
+    study = exact_study(quad, x0, lrs=[0.1, 0.05, 0.025], horizon=0.5, sde_order=[0, 1])
+    with pytest.warns(DeprecationWarning, match=r"WeakErrorStudy.order is deprecated .* use WeakErrorStudy.weak_order"):
+        old = study.order("loss", "order 1", lrs=[0.1, 0.05])
+    new = study.weak_order("loss", "order 1", lrs=[0.1, 0.05])
+    assert old.slope == new.slope and old.model == new.model == "order 1"
+    pd.testing.assert_frame_equal(old.points, new.points)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="`model` must be given"):
+        study.order("loss")
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -335,7 +347,7 @@ def test_teacher_student_first_order_models_have_order_one(method):
     study = weak_error(prob, method, lrs=[0.1, 0.05, 0.025], horizon=0.3, x0=prob.x_init, n_paths=16_384,
                        rho=lambda lr: 0.3 * lr**0.5, sde_order=1, dt_ratio=4, solver_check=False,
                        test_functions=["grad_norm_plus_x_norm"], seed=0)
-    fit = study.order("grad_norm_plus_x_norm")  # raises if a point is under the Monte-Carlo floor
+    fit = study.weak_order("grad_norm_plus_x_norm")  # raises if a point is under the Monte-Carlo floor
     assert fit.ci_low <= 1.0 <= fit.ci_high, (fit, fit.points)
     assert abs(fit.slope - 1) < 0.25, fit
 
@@ -353,7 +365,7 @@ def test_momentum_exact_local_slopes_tend_to_one(rho, nesterov):
                        x0=torch.ones(2, dtype=F64), test_functions=["loss", "x_norm_sq"])
     assert study.mode == "exact"
     for tf in ("loss", "x_norm_sq"):
-        local = study.order(tf).local_slopes["slope"].to_numpy()
+        local = study.weak_order(tf).local_slopes["slope"].to_numpy()
         assert np.all(np.diff(local) > 0) and 0.9 < local[-1] < 1.0, local
 
 
@@ -456,7 +468,7 @@ def test_new_options_first_order_models_have_order_one(which):
     study = weak_error(prob, method, lrs=[0.1, 0.05, 0.025], horizon=0.3, x0=prob.x_init, n_paths=16_384,
                        rho=lambda lr: 0.3 * lr**0.5, sde_order=1, dt_ratio=4, solver_check=False,
                        test_functions=["grad_norm_plus_x_norm"], seed=0)
-    fit = study.order("grad_norm_plus_x_norm")
+    fit = study.weak_order("grad_norm_plus_x_norm")
     assert fit.ci_low <= 1.0 <= fit.ci_high, (fit, fit.points)
 
 

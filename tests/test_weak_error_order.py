@@ -90,7 +90,7 @@ def coupled_study():
 
 @pytest.mark.slow
 def test_study_order_targets_the_order_and_secant_keeps_the_slope(coupled_study):
-    order, secant = coupled_study.order("x_norm_sq"), coupled_study.secant("x_norm_sq")
+    order, secant = coupled_study.weak_order("x_norm_sq"), coupled_study.secant("x_norm_sq")
     assert order.targets == "order" and order.fit == "corrected" and secant.targets == "secant"
     assert len(order.local_slopes) == 3 and {"slope_se", "ci_low", "ci_high"} <= set(order.local_slopes)
     assert order.ci_low <= 1.0 <= order.ci_high, order  # the order is 1
@@ -110,7 +110,7 @@ def test_order_secant_and_summary_in_a_small_coupled_study():
     st = wem.weak_error(prob, ss.USAM(0.1, rho=0.1), lrs=[0.04, 0.02, 0.01, 0.005], horizon=0.5,
                         x0=torch.full((2,), 0.5, dtype=F64), n_paths=256, rho=lambda lr: 0.5 * lr**0.5,
                         test_functions=["loss"], coupling=True, solver_check=False, progress=False)
-    order, secant = st.order("loss"), st.secant("loss")
+    order, secant = st.weak_order("loss"), st.secant("loss")
     pts = order.points
     x, y, s = np.log(pts["lr"].to_numpy()), np.log(pts["gap"].to_numpy()), (pts["gap_se"] / pts["gap"]).to_numpy()
     assert secant.slope == est.fit_wls(x, y, s)["slope"] and secant.targets == "secant"
@@ -165,7 +165,7 @@ def test_mostly_diverged_lr_is_marked_and_left_out(tmp_path):
     text = study.summary()
     assert "paths that survived" in text and "discrete 0/256" in text and "left out of the fit" in text
     assert "nan ± nan" not in text and "nan" not in text.split("fit:")[0].split("loss:")[1]
-    fit = study.order("loss")
+    fit = study.weak_order("loss")
     assert 0.6 not in fit.points["lr"].tolist() and fit.excluded and "most paths diverged" in fit.excluded[0][1]
     again = wem.weak_error(prob, ss.SGD(0.1), **kw)
     assert (again.cells["source"] == "loaded").all()
@@ -185,7 +185,7 @@ def test_exact_unstable_lr_says_unstable():
         st = wem.weak_error(prob, ss.USAM(0.1, rho=0.1), lrs=[0.6, 0.1, 0.05, 0.025], horizon=3.0,
                             x0=torch.full((2,), 0.5, dtype=F64), test_functions=["loss"], solver_check=False)
     assert st.unstable_lrs == [0.6]
-    fit = st.order("loss")
+    fit = st.weak_order("loss")
     assert 0.6 not in fit.points["lr"].tolist() and 0.9 < fit.slope < 1.1
     text = st.summary()
     assert "unstable: the discrete method's moments diverge" in text and "lr=0.6 left out" in text
@@ -235,7 +235,7 @@ def test_near_the_floor_accepted_studies_cover_and_are_flagged():
             st = wem.weak_error(prob, ss.USAM(0.1, rho=0.1), mode="monte_carlo", n_paths=400, seed=r,
                                 progress=False, **kw)
             try:
-                fits.append(st.order("loss"))
+                fits.append(st.weak_order("loss"))
             except wem.MonteCarloFloorError:
                 pass
     assert len(fits) >= 50

@@ -77,7 +77,7 @@ def test_gap_is_unbiased_and_slope_ci_covers():
     mean = gaps.groupby("lr")[["target", "gap_se"]].mean()
     true_slope = est.fit_wls(np.log(mean.index.to_numpy()), np.log(mean["target"].to_numpy()),
                              (mean["gap_se"] / mean["target"]).to_numpy())["slope"]
-    fits = [s.order("loss") for s in studies]
+    fits = [s.weak_order("loss") for s in studies]
     cover = np.mean([f.ci_low <= true_slope <= f.ci_high for f in fits])
     assert 0.90 <= cover <= 0.98, (cover, true_slope)
 
@@ -97,7 +97,7 @@ def test_floor_refuses_a_null_study():
                                 mode="monte_carlo", dt_ratio=1, test_functions=["loss"], solver_check=False,
                                 seed=r, progress=False)
             try:
-                st.order("loss")
+                st.weak_order("loss")
             except wem.MonteCarloFloorError:
                 refused += 1
             t = st.table[st.table["time"] > 0]
@@ -195,7 +195,7 @@ def test_inconclusive_slope_is_marked(tmp_path):
         warnings.simplefilter("ignore")
         st = wem.weak_error(prob, ss.SGD(0.1), lrs=[0.1, 0.08], horizon=0.5, x0=x0, n_paths=400, sde_order=0,
                             mode="monte_carlo", test_functions=["loss"], solver_check=False, seed=3)
-    fit = st.order("loss")
+    fit = st.weak_order("loss")
     assert fit.inconclusive and "[inconclusive" in st.summary()
     fig = st.plot()
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

@@ -68,7 +68,7 @@ def plot_study(study, test_fns: Sequence[str]):
                 any_floor = True
                 ax.scatter(low["lr"], low["gap"], s=110, facecolors="none", edgecolors="k", zorder=4)
             try:
-                fit = study.order(tf, m)
+                fit = study.weak_order(tf, m)
                 if fit.fit == "exact":
                     label = f"{m}: slope {fit.slope:.2f} (exact)"
                 else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -182,8 +183,10 @@ class WeakErrorStudy:
         kind = "corrected" if fit.get("corrections") else "wls"
         return OrderFit(test_fn, model, fit=kind, points=pts, near_floor=near, excluded=excluded, **fit)
 
-    def order(self, test_fn: str, model: str | None = None, *, lrs: Sequence[float] | None = None) -> OrderFit:
-        r"""The weak order :math:`p` of ``model`` on ``test_fn`` (MATH §5, :mod:`sde_sam.weak.order`).
+    def weak_order(self, test_fn: str, model: str | None = None, *, lrs: Sequence[float] | None = None) -> OrderFit:
+        r"""The weak order :math:`p` in the learning rate of ``model`` on ``test_fn`` (MATH §5,
+        :mod:`sde_sam.weak.order`): :math:`\max_k|\mathbb E\,g(x_k) - \mathbb E\,g(X_{k\eta})| \approx C\eta^p`.
+        Not the SDE model's order (``"order 1"``, ``sde_model(order=...)``): ``model`` selects that one.
 
         Monte Carlo with 4 or more lrs: weighted least squares of :math:`\log\hat G` on :math:`\log\eta` with a
         correction term :math:`D\eta` (and the spread to a second one when the data resolve it), so that the 95%
@@ -204,11 +207,19 @@ class WeakErrorStudy:
         """
         return self._fit(test_fn, model, lrs, "order")
 
+    def order(self, test_fn: str, model: str | None = None, *, lrs: Sequence[float] | None = None) -> OrderFit:
+        """Deprecated name of :meth:`weak_order` (``order`` also names the SDE model's order); removed in the next
+        release."""
+        warnings.warn("WeakErrorStudy.order is deprecated and will be removed in the next release; use "
+                      "WeakErrorStudy.weak_order (the weak order in the learning rate)", DeprecationWarning,
+                      stacklevel=2)
+        return self.weak_order(test_fn, model, lrs=lrs)
+
     def secant(self, test_fn: str, model: str | None = None, *, lrs: Sequence[float] | None = None) -> OrderFit:
         r"""The grid's secant slope: weighted least squares of :math:`\log\hat G` on :math:`\log\eta` with the
-        delta-method SEs and the interval ``slope ± 1.96·se·max(1, √(χ²/(m−2)))`` (what :meth:`order` reported
+        delta-method SEs and the interval ``slope ± 1.96·se·max(1, √(χ²/(m−2)))`` (what :meth:`weak_order` reported
         before it targeted the order). It equals the order only when the points are asymptotic
-        (``pre_asymptotic`` false). Same refusals as :meth:`order`."""
+        (``pre_asymptotic`` false). Same refusals as :meth:`weak_order`."""
         return self._fit(test_fn, model, lrs, "secant")
 
     def relative(self, test_fn: str) -> pd.DataFrame:
@@ -294,7 +305,7 @@ class WeakErrorStudy:
 
     def _fit_lines(self, tf: str, m: str) -> list[str]:
         try:
-            fit = self.order(tf, m)
+            fit = self.weak_order(tf, m)
         except ValueError as err:
             return [f"  fit: {m}: no slope: {err}"]
         lines = [f"  fit: {fit}"]

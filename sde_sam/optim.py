@@ -38,7 +38,7 @@ import inspect
 import torch
 from torch import Tensor
 
-from . import discrete
+from . import discrete, schedules
 from .methods import METHODS, Method, check_method
 from .problems.base import Problem
 
@@ -235,6 +235,30 @@ class Optimizer(torch.optim.Optimizer):
         group = self.param_groups[0]
         return dataclasses.replace(self.method, **{f: group[f] for f in self._fields})
 
+    def _step_method(self, k: int) -> Method:
+        r"""The method of step ``k``: the group's, with the rate a torch scheduler set as :math:`\eta_k`.
+
+        A :math:`\rho` schedule then reads that rate against the base rate :math:`\eta` — the group's
+        ``initial_lr`` (which torch's schedulers set), else its ``lr`` — as ``ss.run`` with the matching
+        :mod:`sde_sam.schedules` shape does: ``follow_lr(ρ)`` gives :math:`\rho_k=\rho\,\eta_k/\eta`, a shape
+        runs on the clock :math:`k\eta`. (Rebuilt from ``lr = η_k`` alone, :math:`\rho` would not follow.)
+        """
+        group = self.param_groups[0]
+        method = self.current_method()
+        if method.lr_schedule is not None:
+            if "initial_lr" in group:
+                raise ValueError(f"the learning rate has an sde_sam schedule (lr_schedule="
+                                 f"{method.lr_schedule.describe()}) and a torch lr_scheduler changes it too "
+                                 f"(group['initial_lr']={group['initial_lr']!r}); use one of them")
+            return method  # its own schedules: discrete._advance takes method.at(k)
+        if getattr(method, "rho_schedule", None) is None or method.rho is None:
+            return method
+        base = dataclasses.replace(method, lr=group.get("initial_lr", group["lr"]))
+        sched = method.rho_schedule
+        rho_k = (base.rho * group["lr"] / base.lr if isinstance(sched, schedules.FollowLR)
+                 else base.rho_at(k))  # rho * eta_k / eta in the order of Method.rho_at
+        return dataclasses.replace(method, rho=rho_k, rho_schedule=None)
+
     def load_state_dict(self, state_dict: dict) -> None:
         groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
         if not groups or any(f not in groups[0] for f in self._fields):
@@ -258,7 +282,7 @@ class Optimizer(torch.optim.Optimizer):
         Returns:
             The detached loss at the unperturbed point (m-SAM: the mean of the micro-batch losses).
         """
-        method = self.current_method()
+        method = self._step_method(self._load().k)
         if not callable(closure):
             raise TypeError(f"`closure` must be callable (returning the mini-batch loss), got {type(closure).__name__}")
         if full_closure is not None and not callable(full_closure):

@@ -137,6 +137,74 @@ def test_lr_scheduler_is_the_step_with_that_rate():
     assert torch.allclose(flat(model), x[0], rtol=0, atol=1e-12)
 
 
+# torch's schedulers on ss.optim, against the ss.schedules shape on the method in ss.run (sde_sam.schedules: step by
+# step the same rates); rho constant, or following the rate (follow_lr: rho_k = rho * lr_k / lr, lr the base rate).
+SCHEDULES = {
+    "cosine": (lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=STEPS, eta_min=0.1 * 0.1),
+               lambda lr: ss.schedules.cosine(lr, horizon=STEPS * lr, final=0.1)),
+    "linear": (lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.25, total_iters=4),
+               lambda lr: ss.schedules.linear_warmup(lr, horizon=STEPS * lr, warmup=0.4, start=0.25)),
+    "multistep": (lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[3, 7], gamma=0.5),
+                  lambda lr: ss.schedules.piecewise(lr, horizon=STEPS * lr, boundaries=(0.3, 0.7),
+                                                    factors=(1.0, 0.5, 0.25))),
+}
+SCHEDULED = [("SGD", None), ("SAM", "constant"), ("SAM", "follow_lr"), ("USAM", "constant"), ("USAM", "follow_lr"),
+             ("SAM", "shape")]
+
+
+def _scheduled(name, rho, lr):
+    opts = dict(momentum=0.9, weight_decay=5e-3, nesterov=name == "USAM")
+    if name == "SGD":
+        return getattr(ss, name)(lr, **opts)
+    rhos = {"constant": 0.2, "follow_lr": ss.schedules.follow_lr(0.2),
+            "shape": ss.schedules.linear_warmup(0.2, horizon=STEPS * 0.1, warmup=0.5)}  # on the clock k * 0.1
+    return getattr(ss, name)(lr, rhos[rho], **opts)
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("name, rho", SCHEDULED, ids=[f"{n}-{r}" for n, r in SCHEDULED])
+def test_torch_lr_scheduler_equals_run_with_the_schedule(schedule, name, rho):
+    """A torch scheduler driving the optimizer's lr (rho constant, follow_lr relative to the base rate — the
+    group's ``initial_lr`` — or a shape on the base rate's clock) takes the steps of ss.run with the
+    corresponding ss.schedules shape on the method: SGD, SAM, USAM with momentum and weight decay, 10 steps."""
+    make_torch, make_shape = SCHEDULES[schedule]
+    lr = 0.1
+    model = make_model()
+    prob = ss.FiniteSum.from_module(model, F.cross_entropy, (X, Y), batch_size=B)
+    traj = ss.run(prob, _scheduled(name, rho, make_shape(lr)), prob.x_init, steps=STEPS, n_paths=1, draws=DRAWS,
+                  observables=())
+    opt = ss.optim.Optimizer(model.parameters(), _scheduled(name, rho, lr))
+    sched = make_torch(opt)
+    rates = []
+    for k in range(STEPS):
+        rates.append(opt.param_groups[0]["lr"])
+        train(model, None, steps=[k], opt=opt)
+        sched.step()
+    assert len(set(rates)) > 2  # the rate did change
+    assert torch.allclose(flat(model), traj.x_final[0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, rho", SCHEDULED[1:3], ids=["SAM-constant", "SAM-follow_lr"])
+def test_schedule_on_the_optimizer_equals_run(name, rho):
+    """The ss.schedules shape given to the optimizer itself (no torch scheduler) is the run's too."""
+    lr = ss.schedules.cosine(0.1, horizon=STEPS * 0.1, final=0.1)
+    model = make_model()
+    prob = ss.FiniteSum.from_module(model, F.cross_entropy, (X, Y), batch_size=B)
+    traj = ss.run(prob, _scheduled(name, rho, lr), prob.x_init, steps=STEPS, n_paths=1, draws=DRAWS, observables=())
+    train(model, _scheduled(name, rho, lr))
+    assert torch.allclose(flat(model), traj.x_final[0], rtol=0, atol=1e-12)
+
+
+def test_torch_scheduler_and_a_method_lr_schedule_refused():
+    model = make_model()
+    opt = ss.optim.SAM(model.parameters(), ss.schedules.cosine(0.1, horizon=1.0), 0.2)
+    torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    before = flat(model).clone()
+    with pytest.raises(ValueError, match=r"an sde_sam schedule \(lr_schedule=cosine.*and a torch lr_scheduler"):
+        opt.step(closure_of(model))
+    assert torch.equal(flat(model), before)
+
+
 def test_trained_point_starts_a_study():
     model = make_model()
     train(model, ss.SAM(0.1, 0.2))

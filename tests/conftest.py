@@ -88,6 +88,15 @@ def methods(*having: str, without: tuple[str, ...] = ()) -> list[ss.Method]:
     return [p.values[0] for p in rows(*having, without=without)]
 
 
+def by_id(*ids: str) -> list:
+    """``pytest.param`` of the rows named ``ids`` (a test that needs a few particular rows, not a tag)."""
+    found = {r.id: r for r in TABLE}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise KeyError(f"no rows {missing} in the method table; rows: {sorted(found)}")
+    return [pytest.param(found[i].method, id=i) for i in ids]
+
+
 # The six rows of MATH §2's table without oracles (other test files extend it with their own rows).
 METHOD_ROWS = methods("plain", without=("needs_oracle",))
 

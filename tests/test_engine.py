@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import sde_sam as ss
+from conftest import by_id, rows
 from sde_sam import _engine, streams
 from sde_sam.observables import resolve
 from sde_sam.problems import linear_regression
@@ -72,9 +73,7 @@ def test_the_refusing_patch_works():
     assert bool(torch.ones(()) > 0)  # restored
 
 
-@pytest.mark.parametrize("method", [ss.SGD(0.1), ss.SAM(0.1, 0.2), ss.DNSAM(0.1, 0.2), ss.UnifiedSAM(0.1, 0.2, 0.3),
-                                    ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=2, power_iters=3, init_power_iters=5)],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize("method", rows(without=("micro_batch",)))  # every row that runs on a quadratic
 def test_run_completes_without_host_synchronisation(strict_loop, method):
     # Paths 0 and 1 sit at the minimum (the SAM norm guard fires there), paths 2 and 3 leave max_norm
     # (Eigen-SAM's push along v makes them all leave).
@@ -82,13 +81,15 @@ def test_run_completes_without_host_synchronisation(strict_loop, method):
     x0 = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.5, 0.5], [0.1, 0.0]], dtype=F64)
     traj = ss.run(prob, method, x0, steps=40, max_norm=1e3, observables=("loss", "x_norm", _coord0))
     assert strict_loop and set(traj.diverged_reason) <= {"", "max_norm"}
-    if not isinstance(method, ss.EigenSAM):
+    if not method.uses_eigenvector:
         assert traj.diverged_reason == ["", "", "max_norm", "max_norm", ""]
 
 
-def test_run_on_a_finite_sum_completes_without_host_synchronisation(strict_loop):
+# SAM, and every m-SAM row (they need a mini-batch problem, so the quadratic above does not run them).
+@pytest.mark.parametrize("method", by_id("SAM") + rows("micro_batch"))
+def test_run_on_a_finite_sum_completes_without_host_synchronisation(strict_loop, method):
     prob = linear_regression(n=16, d=4, batch_size=3)
-    traj = ss.run(prob, ss.SAM(0.1, 0.2), torch.full((4,), 0.3, dtype=F64), steps=20, n_paths=1100,
+    traj = ss.run(prob, method, torch.full((4,), 0.3, dtype=F64), steps=20, n_paths=1100,
                   chunk_size=1024, observables=("loss", "grad_norm"))
     assert strict_loop and traj.n_diverged == 0 and torch.isfinite(traj.values["grad_norm"]).all()
 
@@ -183,11 +184,11 @@ def test_reasons_are_the_first_failure_and_do_not_depend_on_chunks():
 # -- draw replay (issue 9 item 5) -----------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("problem, method", [
-    (ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=0.05), ss.SAM(0.1, 0.2)),
-    (ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=0.05),
-     ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=2, power_iters=3, init_power_iters=5)),
-    (linear_regression(n=16, d=4, batch_size=3), ss.DNSAM(0.1, 0.2)),
-], ids=["quadratic-SAM", "quadratic-EigenSAM", "finite_sum-DNSAM"])
+    *(pytest.param(ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=0.05), r.values[0],
+                   id=f"quadratic-{r.id}") for r in by_id("SAM", "EigenSAM")),
+    *(pytest.param(linear_regression(n=16, d=4, batch_size=3), r.values[0], id=f"finite_sum-{r.id}")
+      for r in by_id("DNSAM")),
+])
 def test_kept_draws_replay_bit_for_bit(problem, method):
     x0 = torch.full((problem.d,), 0.3, dtype=F64)
     kw = dict(steps=70, n_paths=1500, record_every=4, observables=("loss", "x_norm"))

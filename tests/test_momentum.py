@@ -12,11 +12,10 @@ from torch import nn
 from torch.func import functional_call
 
 import sde_sam as ss
-from conftest import METHOD_ROWS
+from conftest import methods, rows
 from sde_sam.discrete import StepState, initial_state
 
 F64 = torch.float64
-PLAIN_ROWS = METHOD_ROWS + [ss.TwoStepUSAM(0.1, 0.2), ss.HessianUSAM(0.1, 0.2)]
 
 
 def _bounded(x):
@@ -41,7 +40,7 @@ def _old_step(problem, method, x, draws, eps, v):
 
 
 # -- β = 0 is the plain method ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", PLAIN_ROWS, ids=lambda m: m.name)
+@pytest.mark.parametrize("method", rows("plain"))  # every method of MATH §2, §2.1, §2.2 without options
 def test_momentum_zero_is_the_plain_step_bit_for_bit(method):
     prob = _quartic()
     gen = torch.Generator().manual_seed(0)
@@ -65,7 +64,7 @@ def test_momentum_zero_runs_equal_default_runs():
     prob = _quartic()
     x0 = torch.tensor([0.5, -1.0, 0.3], dtype=F64)
     kw = dict(steps=15, n_paths=32, seed=3, record_every=5, observables=("loss", "grad_norm"))
-    for m in PLAIN_ROWS:
+    for m in methods("plain"):
         a = ss.run(prob, m, x0, **kw)
         b = ss.run(prob, dataclasses.replace(m, momentum=0.0, nesterov=False), x0, **kw)
         assert torch.equal(a.x_final, b.x_final), m.name

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sde_sam as ss
+from conftest import rows
 from sde_sam import autodiff, theory
 from sde_sam.drift import model_gradients, usam_minibatch_drift
 from sde_sam.solvers import TwoDraw
@@ -131,12 +132,14 @@ def _naive_effective_grad(prob, method, x, i):
     xi = x.clone().requires_grad_(True)
     li = prob.loss_fn(xi, tuple(t[i] for t in prob.data))
     (g,) = torch.autograd.grad(li, xi, create_graph=True)
-    eps = method.perturbation(g.detach()[None], eps=1e-12).eps[0]
+    full = prob.grad(x[None]) if method.uses_full_grad else None  # DNSAM's ∇f (a constant of x here)
+    eps = method.perturbation(g.detach()[None], eps=1e-12, full_grad=full).eps[0]
     (Heps,) = torch.autograd.grad(g @ eps, xi)
     return g.detach() + Heps
 
 
-@pytest.mark.parametrize("method", [ss.USAM(0.05, 0.2), ss.SAM(0.05, 0.2)], ids=["USAM", "SAM"])
+# The rows whose ε needs only the gradients (no oracle, no eigenvector state), without options.
+@pytest.mark.parametrize("method", rows("plain", without=("needs_oracle", "eigenvector")))
 def test_factor_diffusion_equals_naive_covariance(method):
     prob = ss.problems.teacher_student(n=9, batch_size=1)
     x = prob.x_init
@@ -347,23 +350,25 @@ def test_momentum_two_draw_step_is_scaled():
 
 
 # ---------------------------------------------------------------- methods with an oracle (contract 1)
-@pytest.mark.parametrize("method_cls, rhos", [(ss.TwoStepUSAM, (0.04, 0.02)), (ss.HessianUSAM, (0.01, 0.005))])
-def test_oracle_methods_models_have_the_right_order_in_rho(method_cls, rhos):
+# Every oracle row without options that change the drift's form (momentum, weight decay, micro-batches).
+@pytest.mark.parametrize("template", rows("needs_oracle", without=("momentum", "weight_decay", "micro_batch")))
+def test_oracle_methods_models_have_the_right_order_in_rho(template):
     # Hessian USAM's eps = rho H g is larger than rho |g| here: smaller rho to be in the asymptotic range.
+    rhos = {"TwoStepUSAM": (0.04, 0.02)}.get(template.name, (0.01, 0.005))
     prob = ss.problems.teacher_student(n=8, batch_size=1)
     x = prob.x_init.expand(2, -1) + 0.3 * torch.randn(2, prob.d, dtype=f64, generator=torch.Generator().manual_seed(0))
     errs = {1: [], 2: []}
     for rho in rhos:
-        exact = ss.sde_model(prob, method_cls(0.1, rho), order="exact").drift(x)
+        exact = ss.sde_model(prob, template.with_rho(rho), order="exact").drift(x)
         for r in (1, 2):
-            errs[r].append((ss.sde_model(prob, method_cls(0.1, rho), order=r).drift(x) - exact).norm())
+            errs[r].append((ss.sde_model(prob, template.with_rho(rho), order=r).drift(x) - exact).norm())
     # eps = O(rho): order-1 error O(rho^2), order-2 error O(rho^3)
     assert math.log2(errs[1][0] / errs[1][1]) == pytest.approx(2.0, abs=0.3)
     assert math.log2(errs[2][0] / errs[2][1]) == pytest.approx(3.0, abs=0.3)
     # the exact drift is -E grad f_i(x + eps_i(x)) with the method's own perturbation
     n = prob.n
     xr, draws = x.repeat_interleave(n, 0), torch.arange(n)[:, None].repeat(2, 1)
-    m = method_cls(0.1, 0.02)
+    m = template.with_rho(0.02)
     g = prob.stochastic_grad(xr, draws)
     eps = m.perturbation(g, eps=1e-12, x=xr, hvp=lambda u: prob.stochastic_hvp(xr, u, draws),
                          grad_at=lambda y: prob.stochastic_grad(y, draws)).eps

@@ -8,6 +8,7 @@ the coupling are refused with the reason.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 import sde_sam as ss
+from conftest import methods, rows
 
 import sde_sam.weak as wem
 import sde_sam.weak.coupling as coupling
@@ -68,8 +70,14 @@ def test_bridge_makes_paths_identical_without_drift():
         torch.testing.assert_close(disc[name], sde_vals[name], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", [ss.USAM(0.1, rho=0.2), ss.USAM(0.1, rho=0.2, momentum=0.5),
-                                    ss.SGD(0.1, momentum=0.5, nesterov=True)], ids=["USAM", "USAM-hb", "SGD-nesterov"])
+# em_means knows the OU models of SGD and USAM (the plain affine rows that do not normalise), each plain,
+# heavy ball and Nesterov at β = 0.5.
+OU_ROWS = methods("plain", "affine", without=("normalises",))
+MOMENTUM_FORMS = {"": {}, "-hb": dict(momentum=0.5), "-nesterov": dict(momentum=0.5, nesterov=True)}
+
+
+@pytest.mark.parametrize("method", [pytest.param(dataclasses.replace(m, **kw), id=m.name + form)
+                                    for m in OU_ROWS for form, kw in MOMENTUM_FORMS.items()])
 def test_coupled_marginals_are_the_exact_laws(quad, x0, method):
     """Every recorded time: the discrete means within 4 SE of the exact recursion (momentum: the 2d system),
     the SDE means within 4 SE of Euler–Maruyama's exact moments; the coupled gap within 4 of its SEs of the
@@ -132,9 +140,14 @@ def test_coupled_order_at_ten_times_smaller_lrs():
 
 
 # -- what the coupling does not accept ------------------------------------------------------------------------
+@pytest.mark.parametrize("method", rows(without=("affine", "micro_batch")))  # micro-batches: no FiniteSum here
+def test_coupling_refuses_every_method_not_affine_in_the_noise(quad, x0, method):
+    kw = dict(lrs=[0.1, 0.05], horizon=0.2, x0=x0, n_paths=16, test_functions=["loss"], coupling=True)
+    with pytest.raises(ValueError, match=f"the method is {method.name}: its effective gradient is not affine"):
+        wem.weak_error(quad, method, **kw)
+
+
 @pytest.mark.parametrize("method, kwargs, match", [
-    (ss.SAM(0.1, rho=0.1), {}, "method is SAM: its effective gradient is not affine"),
-    (ss.UnifiedSAM(0.1, rho=0.1, lam=0.5), {}, "method is UnifiedSAM"),
     (ss.USAM(0.1, rho=0.1), dict(diffusion="paper"), "diffusion='paper' uses an eigen-factor"),
     (ss.USAM(0.1, rho=0.1), dict(increments="two_point"), "needs Gaussian increments"),
     (ss.USAM(0.1, rho=0.1), dict(mode="exact"), "mode='exact' has none"),
@@ -178,8 +191,8 @@ def test_coupled_solver_check_and_resume(quad, x0, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [ss.USAM(0.1, rho=0.2, momentum=0.5), ss.SGD(0.1, momentum=0.5)],
-                         ids=["USAM-hb", "SGD-hb"])
+@pytest.mark.parametrize("method", [pytest.param(dataclasses.replace(m, momentum=0.5), id=m.name + "-hb")
+                                    for m in OU_ROWS])
 def test_momentum_order_with_ci_matches_exact(method):
     """Heavy ball against the momentum SDE (MATH §3.5), coupled Monte Carlo at lrs 0.01-0.0025: the 95% CI of
     the fitted order holds the exact slope over the same lrs (0.86-0.88 here: the buffer's initial layer

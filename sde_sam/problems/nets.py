@@ -206,7 +206,7 @@ def attention_block(n: int = 256, *, length: int = 8, width: int = 16, heads: in
         raise ValueError(f"`width` must be divisible by `heads`, got width={width}, heads={heads}")
     if loss == "cross_entropy" and classes < 2:
         raise ValueError(f"`classes` must be >= 2 with loss='cross_entropy', got classes={classes}")
-    shape = dict(length=length, width=width, heads=heads, mlp=mlp, outputs=classes, dtype=dtype)
+    shape = {"length": length, "width": width, "heads": heads, "mlp": mlp, "outputs": classes, "dtype": dtype}
     student, teacher = AttentionBlock(seed=seed, **shape), AttentionBlock(seed=seed + 1, **shape)
     inputs = torch.randn(n, length, width, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     with torch.no_grad():

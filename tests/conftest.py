@@ -5,6 +5,7 @@ One global setting: torch runs single-threaded in the tests. Test tensors are ti
 machine two spinning OpenMP threads make a (20000, 2) matmul ~60x slower; results do not depend on it."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,6 +87,15 @@ def rows(*having: str, without: tuple[str, ...] = ()) -> list:
 def methods(*having: str, without: tuple[str, ...] = ()) -> list[ss.Method]:
     """The methods of :func:`rows`."""
     return [p.values[0] for p in rows(*having, without=without)]
+
+
+def momentum_forms(*having: str, without: tuple[str, ...] = (), beta: float = 0.5,
+                   forms: tuple[str, ...] = ("plain", "hb", "nesterov")) -> list:
+    """``pytest.param`` of each row of :func:`rows` in each momentum form: ``plain`` (the row), ``hb`` (heavy
+    ball at ``beta``), ``nesterov``; id'd ``"<row>"``, ``"<row>-hb"``, ``"<row>-nesterov"``."""
+    options = {"plain": {}, "hb": dict(momentum=beta), "nesterov": dict(momentum=beta, nesterov=True)}
+    return [pytest.param(dataclasses.replace(p.values[0], **options[f]), id=p.id + ("" if f == "plain" else f"-{f}"))
+            for p in rows(*having, without=without) for f in forms]
 
 
 def by_id(*ids: str) -> list:

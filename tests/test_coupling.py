@@ -8,7 +8,6 @@ the coupling are refused with the reason.
 """
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 import sde_sam as ss
-from conftest import methods, rows
+from conftest import momentum_forms, rows
 
 import sde_sam.weak as wem
 import sde_sam.weak.coupling as coupling
@@ -70,14 +69,12 @@ def test_bridge_makes_paths_identical_without_drift():
         torch.testing.assert_close(disc[name], sde_vals[name], rtol=0, atol=1e-12)
 
 
-# em_means knows the OU models of SGD and USAM (the plain affine rows that do not normalise), each plain,
-# heavy ball and Nesterov at β = 0.5.
-OU_ROWS = methods("plain", "affine", without=("normalises",))
-MOMENTUM_FORMS = {"": {}, "-hb": dict(momentum=0.5), "-nesterov": dict(momentum=0.5, nesterov=True)}
+# em_means knows the OU models of SGD and USAM: the plain affine rows that do not normalise.
+OU_ROWS = ("plain", "affine")
+NOT_OU = ("normalises",)
 
 
-@pytest.mark.parametrize("method", [pytest.param(dataclasses.replace(m, **kw), id=m.name + form)
-                                    for m in OU_ROWS for form, kw in MOMENTUM_FORMS.items()])
+@pytest.mark.parametrize("method", momentum_forms(*OU_ROWS, without=NOT_OU))  # each plain, heavy ball, Nesterov
 def test_coupled_marginals_are_the_exact_laws(quad, x0, method):
     """Every recorded time: the discrete means within 4 SE of the exact recursion (momentum: the 2d system),
     the SDE means within 4 SE of Euler–Maruyama's exact moments; the coupled gap within 4 of its SEs of the
@@ -191,8 +188,7 @@ def test_coupled_solver_check_and_resume(quad, x0, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [pytest.param(dataclasses.replace(m, momentum=0.5), id=m.name + "-hb")
-                                    for m in OU_ROWS])
+@pytest.mark.parametrize("method", momentum_forms(*OU_ROWS, without=NOT_OU, forms=("hb",)))
 def test_momentum_order_with_ci_matches_exact(method):
     """Heavy ball against the momentum SDE (MATH §3.5), coupled Monte Carlo at lrs 0.01-0.0025: the 95% CI of
     the fitted order holds the exact slope over the same lrs (0.86-0.88 here: the buffer's initial layer

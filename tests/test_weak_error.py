@@ -13,6 +13,7 @@ from scipy.linalg import expm
 
 import sde_sam as ss
 import sde_sam.weak as wem
+from conftest import by_id, momentum_forms
 MonteCarloFloorError, WeakErrorStudy, weak_error = wem.MonteCarloFloorError, wem.WeakErrorStudy, wem.weak_error
 import sde_sam.weak.cells as cells_mod
 
@@ -339,7 +340,7 @@ def test_dt_ratio_below_two_warns(quad, x0):
 
 # -- a non-quadratic finite sum (slow) ----------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [ss.USAM(0.1), ss.SAM(0.1)], ids=["USAM", "SAM"])
+@pytest.mark.parametrize("method", by_id("USAM", "SAM"))  # ρ set per lr by the study (seeds do not depend on it)
 def test_teacher_student_first_order_models_have_order_one(method):
     """Mini-batch noise (B = 1) on a two-layer tanh network, ρ = 0.3·√η (the first-order SDEs' scaling,
     Compagnoni et al.), the paper's test function ‖∇f‖ + ‖x‖: the order-1 model's weak error has slope 1."""
@@ -353,14 +354,12 @@ def test_teacher_student_first_order_models_have_order_one(method):
 
 
 # -- momentum (MATH §3.5): exact moments of the 2d linear system, and the momentum SDE ------------------------
-@pytest.mark.parametrize("nesterov", [False, True], ids=["heavy-ball", "nesterov"])
-@pytest.mark.parametrize("rho", [0.0, 0.2], ids=["SGD", "USAM"])
-def test_momentum_exact_local_slopes_tend_to_one(rho, nesterov):
+# SGD and USAM (ρ = 0.2), heavy ball and Nesterov at β = 0.5.
+@pytest.mark.parametrize("method", momentum_forms("plain", "affine", without=("normalises",), forms=("hb", "nesterov")))
+def test_momentum_exact_local_slopes_tend_to_one(method):
     """Discrete SGD/USAM with momentum 0.5 against the OU model with A/(1-β), F/(1-β): the buffer's initial
     layer makes the pre-asymptotic slope small, but the local slopes rise monotonically towards 1."""
     prob = ss.Quadratic(torch.diag(torch.tensor([1.0, 0.5], dtype=F64)), noise_cov=1.0)
-    method = ss.SGD(0.1, momentum=0.5, nesterov=nesterov) if rho == 0 else ss.USAM(0.1, rho=rho, momentum=0.5,
-                                                                                     nesterov=nesterov)
     study = weak_error(prob, method, lrs=[0.04, 0.02, 0.01, 0.005, 0.0025, 0.00125], horizon=1.0,
                        x0=torch.ones(2, dtype=F64), test_functions=["loss", "x_norm_sq"])
     assert study.mode == "exact"

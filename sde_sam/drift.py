@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from . import autodiff
 from .methods import Method, perturb, split
+from .methods.oracles import Rows
 from .problems.base import Problem
 from .problems.finite_sum import FiniteSum
 
@@ -100,34 +102,67 @@ def _model_gradients(problem, method, x, draws, *, order, eps, v, full_grad, eve
         e = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad).eps
         G = r.merge(problem.stochastic_grad(r.x + e, r.draws))
         return r.merge(g), G[::every], G
+    if order == 1:
+        g, G1 = _first_order(problem, method, r, eps)
+        return r.merge(g), r.merge(G1)[::every], r.merge(G1)
+    # Order 2: the third-derivative term on the drift's rows only; there g comes first (one gradient) and one
+    # reverse-over-reverse-over-reverse pass gives H eps and the term; the other rows take the order-1 pass.
+    drift_rows, other_rows = _rows(r, every, 0), _rows(r, every, 1)
+    g, G1, G = _second_order(problem, method, drift_rows, eps)
+    if other_rows is not None:
+        g_o, G1_o = _first_order(problem, method, other_rows, eps)
+        g, G1 = _interleave(g, g_o, every, r.k), _interleave(G1, G1_o, every, r.k)
+    return r.merge(g), r.merge(G), r.merge(G1)
+
+
+def _first_order(problem, method: Method, r: Rows, eps: float) -> tuple[Tensor, Tensor]:
+    r"""Per split row :math:`g` and :math:`G^{(1)} = g + \nabla^2 f_\gamma\,\varepsilon`: from one ``vjp`` when the
+    perturbation needs only :math:`g` and per-row tensors, else :math:`g` first and the perturbation's oracles."""
     fn = problem.stochastic_grad_single
     if method.oracles <= set(_ROW_ORACLES):
         if "full_grad" in method.oracles and r.full_grad is None:
             r = dataclasses.replace(r, full_grad=problem.grad(r.x))
         row = {"full_grad": r.full_grad, "v": r.v, "x": r.x}
         names = tuple(_ROW_ORACLES[o] for o in sorted(method.oracles))
-        g, e, h = autodiff.grad_and_hvp_along(fn, r.x, _fused_perturbation(method, eps, names), r.draws,
+        g, _, h = autodiff.grad_and_hvp_along(fn, r.x, _fused_perturbation(method, eps, names), r.draws,
                                               direction_args=tuple(row[n] for n in names))
     else:
         g = problem.stochastic_grad(r.x, r.draws)
         e = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad).eps
         g, h = autodiff.taylor_terms(fn, r.x, e, 1, r.draws)
+    return g, g + h
+
+
+def _second_order(problem, method: Method, r: Rows, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per split row ``g``, ``G^(1)`` and ``G^(2)``."""
+    g = problem.stochastic_grad(r.x, r.draws)
+    e = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad).eps
+    g, h, t = autodiff.taylor_terms(problem.stochastic_grad_single, r.x, e, 2, r.draws)
     G1 = g + h
-    G = G1
-    if order == 2:  # the third-derivative term, on the drift's rows only (all micro-batches of each)
-        pick = lambda t: _drift_rows(t, every, r.k)  # noqa: E731
-        G = pick(G1) + autodiff.taylor_terms(fn, pick(r.x), pick(e), 2, pick(r.draws))[2]
-    G = r.merge(G)
-    return r.merge(g), (G if order == 2 else G[::every]), r.merge(G1)
+    return g, G1, G1 + t
 
 
-def _drift_rows(t, every: int, k: int):
-    """Rows ``0, s, 2s, ...`` of the caller's rows, each with its ``k`` micro-batch rows (``t``: split rows)."""
-    if every == 1:
-        return t
+def _pick(t, every: int, k: int, which: int):
+    """Of split rows grouped as ``(rows / (every k), every, k)``: the first of each group of ``every``
+    (``which=0``) or the others (``which=1``), micro-batch rows kept together."""
+    if t is None:
+        return None
     if isinstance(t, tuple):
-        return tuple(_drift_rows(u, every, k) for u in t)
-    return t.unflatten(0, (-1, every, k))[:, 0].flatten(0, 1)
+        return tuple(_pick(u, every, k, which) for u in t)
+    u = t.unflatten(0, (-1, every, k))
+    return (u[:, :1] if which == 0 else u[:, 1:]).flatten(0, 2)
+
+
+def _rows(r: Rows, every: int, which: int) -> Rows | None:
+    if every == 1:
+        return r if which == 0 else None
+    p = lambda t: _pick(t, every, r.k, which)  # noqa: E731
+    return dataclasses.replace(r, x=p(r.x), draws=p(r.draws), v=p(r.v), full_grad=p(r.full_grad))
+
+
+def _interleave(first: Tensor, others: Tensor, every: int, k: int) -> Tensor:
+    """Inverse of :func:`_pick`: the rows in their original order."""
+    return torch.cat([first.unflatten(0, (-1, 1, k)), others.unflatten(0, (-1, every - 1, k))], dim=1).flatten(0, 2)
 
 
 def effective_grads(problem: Problem, method: Method, x: Tensor, draws: Tensor, *, order, eps: float,

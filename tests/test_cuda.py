@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sde_sam as ss
+from conftest import rows
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DTYPES = [torch.float32, torch.float64]
@@ -33,10 +34,16 @@ def _agree(a, b, name="loss"):
     assert abs(ma - mb) < 4 * se + 1e-6 * abs(mb), (ma, mb, se)
 
 
+# Every row of the method table, on both problems (m-SAM rows split mini-batches: the finite sum only).
+RUN_CASES = ([pytest.param(p.values[0], (_quadratic, _teacher_student), id=p.id) for p in rows(without=("micro_batch",))]
+             + [pytest.param(p.values[0], (_teacher_student,), id=p.id) for p in rows("micro_batch")])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_run_on_cuda(dtype):
+@pytest.mark.parametrize("method, problems", RUN_CASES)
+def test_run_on_cuda(dtype, method, problems):
     kw = dict(steps=40, n_paths=4096, record_every=20)
-    for make, method in ((_quadratic, ss.SAM(0.05, 0.1)), (_teacher_student, ss.SAM(0.1, 0.05))):
+    for make in problems:
         (gpu, x0g), (cpu, x0c) = make("cuda", dtype), make("cpu", dtype)
         a = ss.run(gpu, method, x0g, seed=0, **kw)
         b = ss.run(gpu, method, x0g, seed=0, **kw)
@@ -53,7 +60,7 @@ def test_simulate_on_cuda(dtype, order):
     for make, method in cases:
         (gpu, x0g), (cpu, x0c) = make("cuda", dtype), make("cpu", dtype)
         sde_g, sde_c = ss.sde_model(gpu, method, order=order), ss.sde_model(cpu, method, order=order)
-        assert sde_g.mode == sde_c.mode
+        assert sde_g.expectation_mode == sde_c.expectation_mode
         a = ss.simulate(sde_g, x0g, seed=0, **kw)
         b = ss.simulate(sde_g, x0g, seed=0, **kw)
         assert torch.equal(a.x_final, b.x_final)

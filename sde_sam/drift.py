@@ -16,7 +16,7 @@ import warnings
 
 import torch
 from torch import Tensor
-from torch.func import grad, jvp, vmap
+from torch.func import grad, vjp, vmap
 
 from . import autodiff
 from .methods import Method, perturb, split
@@ -188,9 +188,9 @@ def usam_minibatch_drift(problem: FiniteSum, x: Tensor, rho: float) -> Tensor:
     g = problem.grad(x)
     Hg = problem.hvp(x, g)
 
-    def own_hvp(y: Tensor, sample) -> Tensor:  # ∇²f_i ∇f_i for one sample
-        gi = grad(problem.loss_fn)(y, sample)
-        return jvp(lambda z: grad(problem.loss_fn)(z, sample), (y,), (gi,))[1]
+    def own_hvp(y: Tensor, sample) -> Tensor:  # ∇²f_i ∇f_i for one sample: g_i and its HVP from one vjp
+        gi, pull = vjp(lambda z: grad(problem.loss_fn)(z, sample), y)
+        return pull(gi)[0]
 
     mean_hi = vmap(lambda y: vmap(own_hvp, in_dims=(None, 0))(y, problem.data).mean(0))(x)
     return -(g + rho * (Hg + problem.noise_scale * (mean_hi - Hg)))

@@ -2,15 +2,13 @@
 subsets, the ready-made MLP problems on them, and the digits edge-of-stability study."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+import experiments
 import sde_sam as ss
+from experiments.figures import make_figures
 from sde_sam import problems as P
 
 F64 = torch.float64
@@ -72,13 +70,7 @@ def test_ready_made_mlps_are_module_problems():
 
 # -- the digits edge-of-stability study (experiments/own_model.py) ------------------------------------------------
 def _own_model():
-    root = Path(__file__).resolve().parents[1] / "experiments"
-    sys.path.insert(0, str(root))
-    try:
-        import own_model
-    finally:
-        sys.path.remove(str(root))
-    return own_model
+    return experiments.get("own_model").module
 
 
 @pytest.mark.slow
@@ -107,9 +99,5 @@ def test_own_model_tiny_run_and_figure(tmp_path):
     tr = pd.read_csv(out / "trajectory.csv")
     assert set(tr["method"]) == {"GD", "USAM", "SAM"} and not tr["diverged"].any()
     assert (pd.read_csv(out / "summary.csv")["edge_late_mean"] > 0).all()
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("_own_model_figs", root / "paper_figs" / "make_figures.py")
-    figs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(figs)
-    paths = figs.make_figures(tmp_path, tmp_path / "figs", only=["own_model"])
+    paths = make_figures(tmp_path, tmp_path / "figs", only=["own_model"])
     assert [p.name for p in paths] == ["own_model.png"] and paths[0].stat().st_size > 10_000

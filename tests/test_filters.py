@@ -4,21 +4,18 @@ of the filters study inside its method's filter, and Two-step/Hessian USAM never
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import experiments
 import sde_sam as ss
 from conftest import methods
 from sde_sam import theory
 
 F64 = torch.float64
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _methods(lr: float, rho: float, beta: float, nesterov: bool) -> list[ss.Method]:
@@ -149,11 +146,7 @@ def test_filter_validation(call, msg):
 
 # -- the study ----------------------------------------------------------------------------------------------------
 def _study():
-    spec = importlib.util.spec_from_file_location("_test_eigenvalue_filters", ROOT / "experiments" / "eigenvalue_filters.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return experiments.get("eigenvalue_filters").module
 
 
 @pytest.fixture(scope="module")

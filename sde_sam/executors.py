@@ -49,7 +49,7 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from ._io import CellStore, ForeignCell, canonical
 
-__all__ = ["run_cells", "grid", "spec_key", "CellErrors", "RayExecutor", "ScriptFunction"]
+__all__ = ["run_cells", "grid", "spec_key", "CellErrors", "RayExecutor"]
 
 
 class CellErrors(RuntimeError):
@@ -344,78 +344,6 @@ def grid(specs: Sequence[dict], cell_fn: Callable[[dict], Any], *, executor: Any
     return pd.concat(frames, ignore_index=True)
 
 
-class ScriptFunction:
-    """A function of a script loaded by path (not importable by module name), made picklable for workers.
-
-    Pickle sends a function by reference (``module.name``); a worker cannot import a module that was loaded
-    from a file path (``importlib.util.spec_from_file_location``, e.g. the ``experiments/`` scripts). This
-    wrapper calls ``fn`` directly in this process and, once pickled, carries the script's path and the
-    function's name instead: a worker loads the script (once per process) and calls the function there.
-    The script must exist at the same path on the workers (same machine, a shared file system), or at the
-    same path relative to the worker's working directory (Ray's ``runtime_env={"working_dir": ...}``).
-
-    Example:
-        >>> cell = ScriptFunction(escape_cell)  # doctest: +SKIP  (escape_cell defined in a script)
-        >>> grid(specs, cell, executor=ProcessPoolExecutor(4))  # doctest: +SKIP
-    """
-
-    def __init__(self, fn: Callable):
-        module = sys.modules.get(getattr(fn, "__module__", None) or "")
-        path = getattr(module, "__file__", None)
-        if path is None or "<locals>" in fn.__qualname__:
-            raise ValueError(f"`fn` must be a module-level function of a script file, got {fn!r}")
-        self.fn = fn
-        self.path = os.path.abspath(path)
-        try:
-            self.relpath = os.path.relpath(self.path)
-        except ValueError:  # another drive (Windows)
-            self.relpath = self.path
-        self.qualname = fn.__qualname__
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-    def __getstate__(self) -> dict:
-        return {"path": self.path, "relpath": self.relpath, "qualname": self.qualname}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.fn = _load_script_function(state["path"], state["relpath"], state["qualname"])
-
-    def __repr__(self) -> str:
-        return f"ScriptFunction({self.qualname} from {self.path})"
-
-
-_SCRIPTS: dict[str, Any] = {}
-
-
-def _load_script_function(path: str, relpath: str, qualname: str) -> Callable:
-    import importlib.util
-
-    if not os.path.exists(path) and os.path.exists(relpath):
-        path = os.path.abspath(relpath)
-    module = _SCRIPTS.get(path)
-    if module is None:
-        for loaded in list(sys.modules.values()):  # the driver's own copy (threads, forked workers)
-            if getattr(loaded, "__file__", None) and os.path.abspath(loaded.__file__) == path:
-                module = loaded
-                break
-    if module is None:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"cell script {path} not found on this worker (run from the same "
-                                    f"checkout, or ship it with Ray's runtime_env working_dir)")
-        name = "_sde_sam_script_" + hashlib.sha256(path.encode()).hexdigest()[:12]
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    _SCRIPTS[path] = module
-    obj = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 # ---------------------------------------------------------------------------------------------- Ray
 
 
@@ -442,8 +370,8 @@ class RayExecutor:
     ``ray start --head``), else starts a local one with ``num_cpus`` CPUs whose workers get this process's
     ``sys.path`` (so cell functions import there as in a process pool). Ray is already initialised in this
     process? Then that connection is used and left open. On a remote cluster, cell functions must be
-    importable on the workers (an installed package, Ray's ``runtime_env`` ``py_modules``/``working_dir``),
-    defined in ``__main__`` (cloudpickle sends them by value), or wrapped in :class:`ScriptFunction`. Each cell is one task with one CPU and
+    importable on the workers (an installed package, Ray's ``runtime_env`` ``py_modules``/``working_dir``)
+    or defined in ``__main__`` (cloudpickle sends them by value). Each cell is one task with one CPU and
     ``num_gpus_per_cell`` GPUs: a fraction (``0.25``: four cells share a GPU) or a whole number; Ray sets
     ``CUDA_VISIBLE_DEVICES`` in the task, so a cell that puts its tensors on ``"cuda"`` finds its GPU.
 

@@ -2,7 +2,9 @@
 
 Three studies of 20-90 s on 2 CPU cores, each run by ``ss.weak_error`` with its pilot (the default): the
 estimate is the sum of the cells' ``estimated_seconds``, the measurement the sum of the cells' measured
-``seconds`` (both serial, in this process); the pilot's own time is read from the estimate it returns.
+``seconds`` (both serial, in this process); the pilot's own time is read from the estimate it returns; a first
+``estimate_cost`` call (cold: it includes what the first use of a problem costs in a process — imports,
+first allocations — which the study's first cell would otherwise pay) is timed too.
 Done when: every ratio estimate / measured lies in [0.5, 2].
 
 Run: ``nice python benchmarks/bench_pilot.py`` (about 4 minutes on 2 shared cores); ``--quick`` for a
@@ -40,8 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"load average before: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
-    print(f"| study | paths | cells | pilot s | estimate s | measured s | estimate / measured |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| study | paths | cells | pilot s, cold / in the study | estimate s | measured s | estimate / measured |")
+    print("|---|---|---|---|---|---|---|")
     estimates = []
     own = pilot.estimate_cells
 
@@ -51,10 +53,11 @@ def main() -> None:
 
     pilot.estimate_cells = keep
     for name, prob, method, x0, kw in cases(0.1 if args.quick else 1.0):
+        cold = ss.weak.estimate_cost(prob, method, x0=x0, **kw).pilot_seconds  # incl. first use in this process
         study = ss.weak_error(prob, method, x0=x0, progress=False, **kw)
         est, meas = float(study.cells["estimated_seconds"].sum()), float(study.cells["seconds"].sum())
         assert abs(est - estimates[-1].seconds) < 1e-9 * est
-        print(f"| {name} | {kw['n_paths']:,} | {len(study.cells)} | {estimates[-1].pilot_seconds:.1f} | {est:.1f} | {meas:.1f} | "
+        print(f"| {name} | {kw['n_paths']:,} | {len(study.cells)} | {cold:.1f} / {estimates[-1].pilot_seconds:.1f} | {est:.1f} | {meas:.1f} | "
               f"**{est / meas:.2f}** |", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 

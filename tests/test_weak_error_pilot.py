@@ -135,7 +135,7 @@ def test_estimate_counts_the_study_work(monkeypatch):
     counter = CountingObjective.count
     monkeypatch.setattr(pilot, "clock", lambda: float(counter[0]))
     monkeypatch.setattr(pilot, "RUNG_MAX_S", math.inf)  # thresholds in seconds mean nothing in counts:
-    monkeypatch.setattr(pilot, "RUNG_S", 0.0)  # the ladder stops where the count doubles (at 64 paths)
+    monkeypatch.setattr(pilot, "RUNG_S", 0.0)  # the ladder stops where the count doubles (at 128 paths)
     x0 = torch.full((2,), 0.5, dtype=F64)
     base = dict(lrs=[0.2, 0.1], horizon=0.4, n_paths=600, sde_order=[0], test_functions=["loss"], record_every=1)
     estimates = []

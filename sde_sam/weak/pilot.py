@@ -4,25 +4,30 @@ A Monte-Carlo cell's time is, to first order, a constant (building the model, th
 plus its lr steps times the cost of one step on all its paths, plus its recorded times times the cost of the
 test functions on all its paths [derived: the engine does the same work per step and per record]:
 
-.. math:: T_\text{cell} \approx c + m\,K\,s(N) + R\,r(N), \qquad s(n) \approx s(n_1) + b\,(n - n_1),
+.. math:: T_\text{cell} \approx c(N) + m\,K\,s(N) + R\,r(N),
 
 with :math:`K` the cell's lr steps (each ``dt_ratio`` solver steps for a model; the solver check, at
-``dt/2``, has :math:`m = 2`, else :math:`m = 1`), :math:`R` its recorded times and :math:`N` its paths.
+``dt/2``, has :math:`m = 2`, else :math:`m = 1`), :math:`R` its recorded times, :math:`N` its paths, and
+:math:`c, s, r` affine in the paths (a per-run cost may grow with them too: the random streams of a block).
 
 The pilot measures :math:`c`, :math:`s` and :math:`r` once per *engine* — the discrete method and each model
 (coupled: each coupled pair) — on the study's own cell code (:func:`~sde_sam.weak.compute.compute_cell` on
-a copy of the cell's spec with fewer paths and :data:`PILOT_STEPS` steps): a warm-up run, then runs at
-``16, 64, 256, ...`` paths (capped at :math:`N`) until one takes :data:`RUNG_S` seconds and twice the one
-before (or :data:`RUNG_MAX_S`), a 1-step run at the last size (the difference gives :math:`s` free of :math:`c`), and the test functions timed on those many
-paths. :math:`s(N)` and :math:`r(N)` are extrapolated linearly in paths from the last two sizes (where the
-per-path cost is visible above the per-step overhead), then summed over the cells still to compute: cells
-already finished in ``results_dir`` are not counted. Exact-mode cells are closed-form moment recursions
-(milliseconds at the sizes exact mode serves): no pilot, counted as free.
+a copy of the cell's spec with fewer paths and steps): a warm-up run, then runs of one lr step at
+``16, 128, 1024, ...`` paths (capped at :math:`N`) until one takes :data:`RUNG_S` seconds and twice the one
+before (its time is then mostly per path), or :data:`RUNG_MAX_S`; at the last size a longer run too,
+spanning :data:`SPAN_STEPS` solver steps (at most the engine's longest cell and :data:`PILOT_SHARE` of its work; the difference gives :math:`s` free
+of :math:`c`, with the engine's noise drawn in blocks of up to 64 steps counted), at the size before a 2-step run, and the test functions timed
+alone (:math:`r`). :math:`c, s, r`
+are extrapolated linearly in paths from those two sizes to :math:`N` and summed over the cells still to
+compute: cells already finished in ``results_dir`` are not counted. Exact-mode cells are closed-form moment
+recursions (milliseconds at the sizes exact mode serves): no pilot, counted as free.
 
-The pilot costs a few tenths of a second per engine for cheap problems and stays a few percent of a study
-worth announcing; it draws from its own generators (as every run does) inside
-:func:`torch.random.fork_rng`, so a study's numbers are bit-identical with and without it. The estimate is
-the *serial* time in this process; an executor running cells in parallel divides it by its workers.
+The pilot costs a fraction of a second per engine for cheap problems and a few percent of a study worth
+announcing (plus, the first time in a process, the warm-up the study's first cell would otherwise pay); it
+draws from its own generators (as every run does) inside :func:`torch.random.fork_rng`, so a study's numbers
+are bit-identical with and without it. The estimate is the *serial* time in this process; an executor running
+cells in parallel divides it by its workers. Accuracy: within a factor 2 on three studies of 30-50 s
+(``benchmarks/bench_pilot.py``, ``benchmarks/README.md``).
 
 Example:
     >>> est = ss.weak.estimate_cost(prob, ss.SAM(0.1, rho=0.05), lrs=[0.1, 0.05], horizon=1.0, x0=x0)  # doctest: +SKIP
@@ -47,17 +52,24 @@ from .compute import compute_cell
 
 ANNOUNCE_AFTER_S = PROGRESS_AFTER_S
 """A study estimated above this many seconds is announced before it starts (as the progress bars)."""
-PILOT_STEPS = 4
-"""Lr steps of each timed pilot run (a model's lr step is ``dt_ratio`` solver steps)."""
+SPAN_STEPS = 64
+"""Solver steps the long pilot run spans (at most as many lr steps as the engine's longest cell): the engine
+draws the noise in blocks of up to 64 steps, so a shorter run would miss that cost of a longer cell."""
 FIRST_PATHS = 16
-"""Paths of the first rung; each next rung has 4 times as many, up to the cell's."""
+"""Paths of the first rung; each next rung has :data:`RUNG_FACTOR` times as many, up to the cell's."""
+RUNG_FACTOR = 8
+PILOT_SHARE = 0.04
+"""... and at most this share of the engine's work (lr steps x paths over its cells, a solver check counted
+twice), so that the pilot stays a few percent of a small study too (at the price of the noise blocks)."""
 RUNG_S = 0.1
 """The ladder of path counts stops at the first rung (after the second) that takes this long and at least
 twice the rung before (its time is then mostly per path, so the line through the two extrapolates)."""
-RUNG_MAX_S = 1.0
+RUNG_MAX_S = 0.5
 """... and in any case at the first rung that takes this long (the pilot stays cheap)."""
 RECORD_REPEATS = 3
-"""The test functions are timed this many times per rung (the least counts: short timings are noisy)."""
+"""The test functions are timed up to this many times per rung (the least counts: short timings are noisy)
+while the repeats have taken less than :data:`RECORD_S` seconds."""
+RECORD_S = 0.02
 
 clock: Callable[[], float] = time.perf_counter
 """The pilot's clock (a module attribute: tests replace it, e.g. by a count of evaluations)."""
@@ -143,40 +155,50 @@ def _time_records(spec: CellSpec, n: int) -> float:
     """Seconds of one recorded time: the test functions on ``n`` paths (twice when coupled: both sides)."""
     fns = resolve(observables(spec.problem, spec.tfs), spec.problem)
     x = spec.x0.expand(n, -1).clone()
-    best = math.inf
+    best, spent = math.inf, 0.0
     for _ in range(RECORD_REPEATS):
         _sync(x.device)
         t0 = clock()
         for fn in fns.values():
             fn(x)
         _sync(x.device)
-        best = min(best, clock() - t0)
+        best, spent = min(best, clock() - t0), spent + clock() - t0
+        if spent >= RECORD_S:
+            break
     return best * (2 if spec.coupled else 1)
 
 
-def _engine_cost(spec: CellSpec) -> _EngineCost:
-    """The ladder of runs on one engine (module docstring) and the linear extrapolation to ``spec.n_paths``."""
+def _engine_cost(spec: CellSpec, long: int, work: float) -> _EngineCost:
+    """The ladder of runs on one engine (module docstring) and the linear extrapolation to ``spec.n_paths``;
+    ``long``: the lr steps of the long run (at most), ``work``: the engine's lr steps x paths."""
     big = spec.n_paths
     _time_run(spec, min(big, FIRST_PATHS), 1)  # warm-up: lazy imports, first allocations, caches
     rungs, n = [], min(big, FIRST_PATHS)
     while True:
-        rungs.append((n, _time_run(spec, n, PILOT_STEPS), _time_records(spec, n)))
+        rungs.append((n, _time_run(spec, n, 1), _time_records(spec, n)))
         t = rungs[-1][1]
         if n >= big or t >= RUNG_MAX_S or (len(rungs) >= 2 and t >= RUNG_S and t >= 2 * rungs[-2][1]):
             break
-        n = min(big, 4 * n)
-    n_hi, t_hi, r_hi = rungs[-1]
-    t_one = _time_run(spec, n_hi, 1)
-    # Per step from PILOT_STEPS steps against one (the constant and the two records cancel); a noisy
-    # difference at or below zero falls back on the whole run per step (an upper bound).
-    s_hi = (t_hi - t_one) / (PILOT_STEPS - 1) if t_hi > t_one else t_hi / PILOT_STEPS
-    per_cell = max(0.0, t_one - s_hi - 2 * r_hi)
-    if len(rungs) == 1:
-        return _EngineCost(per_cell, s_hi, r_hi)
-    n_lo, t_lo, r_lo = rungs[-2]
-    slope_s = max(0.0, (t_hi - t_lo - 2 * (r_hi - r_lo)) / (PILOT_STEPS * (n_hi - n_lo)))
-    slope_r = max(0.0, (r_hi - r_lo) / (n_hi - n_lo))
-    return _EngineCost(per_cell, s_hi + slope_s * (big - n_hi), r_hi + slope_r * (big - n_hi))
+        n = min(big, RUNG_FACTOR * n)
+    # The long run at the last size; at the size before (a small share of the cost) two steps do.
+    long = max(2, min(long, int(PILOT_SHARE * work / rungs[-1][0])))
+    steps = [2, long][-len(rungs[-2:]):]
+    fits = [_split(n, t, r, _time_run(spec, n, k), k) for (n, t, r), k in zip(rungs[-2:], steps)]
+    if len(fits) == 1:
+        return _EngineCost(*fits[0][1:])
+    (n_lo, *lo), (n_hi, *hi) = fits
+    # Each of c, s, r on the line through the two sizes (a per-run cost may grow with the paths too: e.g. the
+    # random streams of a block of steps), never below zero.
+    at = [max(0.0, h + (h - l) * (big - n_hi) / (n_hi - n_lo)) for l, h in zip(lo, hi)]
+    return _EngineCost(*at)
+
+
+def _split(n: int, t_one: float, r: float, t_long: float, long: int) -> tuple[int, float, float, float]:
+    """``(n, c, s, r)`` at ``n`` paths from runs of one and ``long`` lr steps (two records each): per step the
+    difference (the constant and the records cancel); a noisy difference at or below zero falls back on the
+    whole long run per step (an upper bound)."""
+    s = (t_long - t_one) / (long - 1) if t_long > t_one else t_long / long
+    return n, max(0.0, t_one - s - 2 * r), s, r
 
 
 def _engine(spec: CellSpec) -> str:
@@ -209,15 +231,20 @@ def estimate_cells(specs: Sequence[CellSpec], *, finished: Sequence[tuple] = ())
         warnings.simplefilter("ignore")  # the study's own cells warn, once, about what matters
         for spec in specs:
             if _engine(spec) not in costs:  # measured on the model itself (a solver check is 2 x its steps)
-                costs[_engine(spec)] = _engine_cost(replace(spec, kind=spec.label))
+                longest = max(s.steps for s in specs if _engine(s) == _engine(spec))
+                per_lr = 1 if spec.kind == "discrete" else spec.dt_ratio
+                long = max(2, min(longest, 1 + -(-SPAN_STEPS // per_lr)))
+                work = sum((2 if s.solver else 1) * s.steps * s.n_paths for s in specs if _engine(s) == _engine(spec))
+                costs[_engine(spec)] = _engine_cost(replace(spec, kind=spec.label), long, work)
     cells = []
     for s in specs:
         e, records = costs[_engine(s)], len(record_times(s.steps, s.every))
         seconds = e.per_cell + (2 if s.solver else 1) * s.steps * e.per_step + records * e.per_record
         cells.append(CellCost(s.kind, s.method.lr, s.method.rho, s.steps, records, seconds))
-    how = (f"pilot per engine ({', '.join(costs)}): {PILOT_STEPS} lr steps at {FIRST_PATHS}, "
-           f"{4 * FIRST_PATHS}, ... paths until a run takes {RUNG_S} s, extrapolated linearly in paths, steps, "
-           "records and cells")
+    how = (f"pilot per engine ({', '.join(costs)}): runs of 1 lr step at {FIRST_PATHS}, "
+           f"{RUNG_FACTOR * FIRST_PATHS}, ... paths until one takes {RUNG_S} s and twice the one before, runs "
+           f"spanning up to {SPAN_STEPS} solver steps at the last size (2 steps at the one before); extrapolated linearly in paths, "
+           "steps, records and cells")
     return CostEstimate(float(sum(c.seconds for c in cells)), tuple(cells), finished, time.perf_counter() - t0, how)
 
 

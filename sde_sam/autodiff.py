@@ -93,6 +93,27 @@ def grad_and_hvp_along(fn: SingleGradFn, x: Tensor, direction: Callable[..., Ten
     return vmap(one)(x, args, direction_args)
 
 
+def grad_hvp_and_third_along(fn: SingleGradFn, x: Tensor, direction: Callable[..., Tensor], *args,
+                             direction_args: tuple = ()) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r""":func:`grad_and_hvp_along` and :math:`\nabla^3 f(x)[\varepsilon, \varepsilon]` from one reverse-over-reverse-over-
+    reverse pass: the ``vjp`` along :math:`\varepsilon` of :math:`y \mapsto \nabla^2 f(y)\,\varepsilon`, with
+    :math:`\varepsilon` formed inside from :math:`\nabla f(y)` and detached (held fixed at its value at ``x``, as
+    the Taylor terms require; ``tests/test_autodiff.py`` checks that the detach reaches every level).
+
+    Arguments as in :func:`grad_and_hvp_along`; returns ``(g, eps, H eps, ∇³f[eps, eps])``, each ``(n, d)``.
+    """
+    def one(x1, a1, d1):
+        def hvp_along(y):
+            g, pull = vjp(_at(fn, a1), y)
+            e = direction(g, *d1).detach()
+            return pull(e)[0], (g, e)
+
+        h, pull, (g, e) = vjp(hvp_along, x1, has_aux=True)
+        return g, e, h, pull(e)[0]
+
+    return vmap(one)(x, args, direction_args)
+
+
 def taylor_terms(fn: SingleGradFn, x: Tensor, eps: Tensor, order: int, *args) -> list[Tensor]:
     r"""The terms :math:`\frac1{j!}\nabla^{j+1} f(x)[\varepsilon^{j}]`, :math:`j = 0..r`, of :func:`taylor_grad`.
 

@@ -49,9 +49,10 @@ def model_gradients(problem: Problem, method: Method, x: Tensor, draws: Tensor, 
     Cost per row (``from_module`` problems; ``tests/test_autodiff.py``): a perturbation formed from
     :math:`g_\gamma` and per-row tensors only (SAM, USAM, ASAM, DNSAM, Eigen-SAM, ...) takes :math:`g_\gamma`,
     :math:`\varepsilon_\gamma` and :math:`\nabla^2 f_\gamma\varepsilon_\gamma` from one ``vjp`` of the gradient map
-    (:func:`sde_sam.autodiff.grad_and_hvp_along`, about two gradients); other perturbations evaluate
-    :math:`g_\gamma` first. The third-derivative term of order 2 is evaluated only on the rows whose drift is
-    asked for (``drift_every``).
+    (:func:`sde_sam.autodiff.grad_and_hvp_along`, about two gradients) and, on the rows that need the order-2
+    term, those and :math:`\nabla^3 f_\gamma[\varepsilon_\gamma,\varepsilon_\gamma]` from one triple-reverse pass
+    (:func:`sde_sam.autodiff.grad_hvp_and_third_along`); other perturbations evaluate :math:`g_\gamma` first. The
+    order-2 term is evaluated only on the rows whose drift is asked for (``drift_every``).
 
     Args:
         problem: Objective and noise model.
@@ -105,8 +106,8 @@ def _model_gradients(problem, method, x, draws, *, order, eps, v, full_grad, eve
     if order == 1:
         g, G1 = _first_order(problem, method, r, eps)
         return r.merge(g), r.merge(G1)[::every], r.merge(G1)
-    # Order 2: the third-derivative term on the drift's rows only; there g comes first (one gradient) and one
-    # reverse-over-reverse-over-reverse pass gives H eps and the term; the other rows take the order-1 pass.
+    # Order 2: the third-derivative term on the drift's rows only (one triple-reverse pass gives g, H eps and the
+    # term there); the other rows take the order-1 pass.
     drift_rows, other_rows = _rows(r, every, 0), _rows(r, every, 1)
     g, G1, G = _second_order(problem, method, drift_rows, eps)
     if other_rows is not None:
@@ -120,12 +121,8 @@ def _first_order(problem, method: Method, r: Rows, eps: float) -> tuple[Tensor, 
     perturbation needs only :math:`g` and per-row tensors, else :math:`g` first and the perturbation's oracles."""
     fn = problem.stochastic_grad_single
     if method.oracles <= set(_ROW_ORACLES):
-        if "full_grad" in method.oracles and r.full_grad is None:
-            r = dataclasses.replace(r, full_grad=problem.grad(r.x))
-        row = {"full_grad": r.full_grad, "v": r.v, "x": r.x}
-        names = tuple(_ROW_ORACLES[o] for o in sorted(method.oracles))
-        g, _, h = autodiff.grad_and_hvp_along(fn, r.x, _fused_perturbation(method, eps, names), r.draws,
-                                              direction_args=tuple(row[n] for n in names))
+        r, direction, args = _fused(problem, method, r, eps)
+        g, _, h = autodiff.grad_and_hvp_along(fn, r.x, direction, r.draws, direction_args=args)
     else:
         g = problem.stochastic_grad(r.x, r.draws)
         e = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad).eps
@@ -134,12 +131,28 @@ def _first_order(problem, method: Method, r: Rows, eps: float) -> tuple[Tensor, 
 
 
 def _second_order(problem, method: Method, r: Rows, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Per split row ``g``, ``G^(1)`` and ``G^(2)``."""
-    g = problem.stochastic_grad(r.x, r.draws)
-    e = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad).eps
-    g, h, t = autodiff.taylor_terms(problem.stochastic_grad_single, r.x, e, 2, r.draws)
+    """Per split row ``g``, ``G^(1)`` and ``G^(2)``: one triple-reverse pass when the perturbation needs only ``g``
+    and per-row tensors (``g`` inside it), else ``g`` first and the perturbation's oracles."""
+    fn = problem.stochastic_grad_single
+    if method.oracles <= set(_ROW_ORACLES):
+        r, direction, args = _fused(problem, method, r, eps)
+        g, _, h, t = autodiff.grad_hvp_and_third_along(fn, r.x, direction, r.draws, direction_args=args)
+        t = 0.5 * t
+    else:
+        g = problem.stochastic_grad(r.x, r.draws)
+        e = perturb(problem, method, r.x, r.draws, g, eps=eps, v=r.v, full_grad=r.full_grad).eps
+        g, h, t = autodiff.taylor_terms(fn, r.x, e, 2, r.draws)
     G1 = g + h
     return g, G1, G1 + t
+
+
+def _fused(problem, method: Method, r: Rows, eps: float):
+    """The rows (DNSAM's full-batch gradient added if missing), the per-row ``direction`` and its arguments."""
+    if "full_grad" in method.oracles and r.full_grad is None:
+        r = dataclasses.replace(r, full_grad=problem.grad(r.x))
+    row = {"full_grad": r.full_grad, "v": r.v, "x": r.x}
+    names = tuple(_ROW_ORACLES[o] for o in sorted(method.oracles))
+    return r, _fused_perturbation(method, eps, names), tuple(row[n] for n in names)
 
 
 def _pick(t, every: int, k: int, which: int):

@@ -8,13 +8,15 @@ Per configuration (model, paths in {8, 64}, float32/float64), all measured in th
 
 * ``loop``: the loop a user writes without this package: one ``nn.Module`` per path, SAM as ``davda54/sam``
   does it, by hand (loss, ``backward``, ``e = rho g / (||g|| + 1e-12)`` added in place, a second
-  ``backward``, ``e`` removed, SGD step), a fresh mini-batch of 32 per path per step; no observables.
+  ``backward``, ``e`` removed, SGD step), a fresh mini-batch of 32 per path per step; no observables. Its paths
+  are independent Python iterations, so ``--quick`` times 8 of them and scales to the path count.
 * ``run (steps)``: ``ss.run(..., observables=())``, the steps alone.
 * ``record``: one recording of the default observable (the full-batch loss, every path), and the interval
   ``r`` that ``record_every="auto"`` chooses; ``run (defaults)`` is the per-step cost of a default run,
   steps plus its recordings: ``run (steps) + record / r``, and ``record share`` their ratio (target <= 10%).
-* ``SDE order 1``: ``ss.simulate`` of the order-1 SAM SDE (two-draw scheme, MATH §4.1) at ``dt = lr/2``,
-  steps alone; ``per unit time`` is two solver steps against one discrete step (target <= 2.5x).
+* ``SDE order 1`` / ``SDE order 2``: ``ss.simulate`` of the order-1 / order-2 SAM SDE (two-draw scheme,
+  MATH §4.1) at ``dt = lr/2``, steps alone; ``per unit time`` is two solver steps against one discrete step
+  (targets <= 2.5x for order 1, <= 4x for order 2).
 
 Timings are the best of ``--repeats`` after a warm-up (the estimate least disturbed on a shared machine);
 the machine's load average is recorded at the start and the end. Memory per path (``--memory``): peak RSS
@@ -22,7 +24,7 @@ of a child process running 64 paths minus one running 8, over 56.
 
 Usage:
     python benchmarks/bench_module.py            # all sizes (about 10 minutes on 2 cores)
-    python benchmarks/bench_module.py --quick    # d = 2.4k, 19k and the conv net, 8 paths, float32 (~1 min)
+    python benchmarks/bench_module.py --quick    # every model, 8 and 64 paths, float32 (a few minutes on 2 idle cores)
     python benchmarks/bench_module.py --memory   # also memory per path (child processes)
 Writes benchmarks/results/module.json (``--quick``: module_quick.json).
 """
@@ -133,12 +135,14 @@ def measure(name: str, paths: int, dtype: torch.dtype, device: torch.device, *, 
     row["auto_every"] = ss.observables.auto_record_every(obs, ss.observables.step_cost(prob, method))
     row["run_default_ms"] = row["run_steps_ms"] + row["record_ms"] / row["auto_every"]
     row["record_share"] = row["record_ms"] / row["auto_every"] / row["run_steps_ms"]
-    sde = ss.sde_model(prob, method, order=1)
     dt = LR / 2
-    row["sde1_step_ms"] = 1e3 * best(lambda: ss.simulate(sde, x0, t1=steps * dt, dt=dt, n_paths=paths,
-                                                         observables=(), progress=False), repeats, sync) / steps
+    for order in (1, 2):
+        sde = ss.sde_model(prob, method, order=order)
+        row[f"sde{order}_step_ms"] = 1e3 * best(lambda: ss.simulate(sde, x0, t1=steps * dt, dt=dt, n_paths=paths,
+                                                                    observables=(), progress=False),
+                                                repeats, sync) / steps
+        row[f"sde{order}_per_time_vs_run"] = 2 * row[f"sde{order}_step_ms"] / row["run_steps_ms"]
     row["run_vs_loop"] = row["run_default_ms"] / row["loop_ms"]
-    row["sde1_per_time_vs_run"] = 2 * row["sde1_step_ms"] / row["run_steps_ms"]
     return row
 
 
@@ -209,8 +213,8 @@ def main(argv=None) -> int:
         _child(args.child[0], args.child[1], int(args.child[2]))
         return 0
     torch.set_num_threads(args.threads)
-    names = ["mlp 2.4k", "mlp 19k", "conv"] if args.quick else ["mlp 2.4k", "mlp 19k", "mlp 77k", "mlp 307k", "conv"]
-    paths = [8] if args.quick else [8, 64]
+    names = ["mlp 2.4k", "mlp 19k", "mlp 77k", "mlp 307k", "conv"]
+    paths = [8, 64]
     dtypes = [torch.float32] if args.quick else [torch.float32, torch.float64]
     names = args.models.split(",") if args.models else names
     paths = [int(v) for v in args.paths.split(",")] if args.paths else paths
@@ -220,19 +224,20 @@ def main(argv=None) -> int:
            "rows": []}
     print(f"load average at start: {out['machine']['load_average_start']}", flush=True)
     hdr = (f"{'model':9s} {'d':>7s} {'paths':>5s} {'dtype':7s} {'loop':>8s} {'run':>8s} {'record':>8s} {'r':>4s} "
-           f"{'default':>8s} {'x loop':>6s} {'share':>6s} {'sde1':>8s} {'sde/run per t':>13s}")
+           f"{'default':>8s} {'x loop':>6s} {'share':>6s} {'sde1':>8s} {'sde1/run':>8s} {'sde2':>8s} {'sde2/run':>8s}")
     print(hdr, flush=True)
     for name in names:
         for n in paths:
             for dtype in dtypes:
                 big = name == "mlp 307k" or (name == "mlp 77k" and n == 64)
                 r = measure(name, n, dtype, torch.device("cpu"), steps=3 if big else args.steps,
-                            repeats=2 if big else 3)
+                            repeats=2 if big else 3, loop_paths=8 if args.quick else None)
                 out["rows"].append(r)
                 print(f"{r['model']:9s} {r['d']:>7,} {r['paths']:>5d} {r['dtype']:7s} {r['loop_ms']:8.2f} "
                       f"{r['run_steps_ms']:8.2f} {r['record_ms']:8.2f} {r['auto_every']:>4d} {r['run_default_ms']:8.2f} "
                       f"{r['run_vs_loop']:6.2f} {r['record_share']:6.1%} {r['sde1_step_ms']:8.2f} "
-                      f"{r['sde1_per_time_vs_run']:13.2f}", flush=True)
+                      f"{r['sde1_per_time_vs_run']:8.2f} {r['sde2_step_ms']:8.2f} {r['sde2_per_time_vs_run']:8.2f}",
+                      flush=True)
     out["two_point"] = two_point()
     tp = out["two_point"]
     print(f"linear OU, d=20, 10^4 paths, 1 thread: Gaussian {tp['gaussian_ms']:.3f} ms/step, two-point "

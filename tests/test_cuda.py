@@ -35,7 +35,8 @@ def _agree(a, b, name="loss"):
 
 
 # Every row of the method table, on both problems (m-SAM rows split mini-batches: the finite sum only).
-RUN_CASES = ([pytest.param(p.values[0], (_quadratic, _teacher_student), id=p.id) for p in rows(without=("micro_batch",))]
+RUN_CASES = ([pytest.param(p.values[0], (_quadratic, _teacher_student), id=p.id)
+              for p in rows(without=("micro_batch",))]
              + [pytest.param(p.values[0], (_teacher_student,), id=p.id) for p in rows("micro_batch")])
 
 

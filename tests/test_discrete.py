@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import sde_sam as ss
-from conftest import TABLE
+from conftest import TABLE, by_id, rows
 from sde_sam.discrete import StepState, initial_state, step
 from sde_sam.methods import effective_gradient
 from sde_sam.problems import FiniteSum, linear_regression, teacher_student
@@ -117,14 +117,14 @@ def test_dnsam_paths_do_not_couple(problem_name):
 
 
 def _chunk_cases():
-    for m in [ss.SGD(0.1), ss.USAM(0.1, 0.2), ss.SAM(0.1, 0.2), ss.DNSAM(0.1, 0.2), ss.UnifiedSAM(0.1, 0.2, 0.3),
-              ss.EigenSAM(0.1, 0.2, 0.3, refresh_every=3, power_iters=2, init_power_iters=5),
-              ss.ASAM(0.1, 0.2, weight_decay=0.01, momentum=0.9)]:
-        yield pytest.param("quadratic_full_noise", m, id=f"quadratic-{m.name}")
-    for m in [ss.SGD(0.1), ss.DNSAM(0.1, 0.2), ss.SAM(0.1, 0.2, micro_batch=1, ascent_steps=2)]:
-        yield pytest.param("teacher_student", m, id=f"teacher_student-{m.name}")
-    for m in [ss.SGD(0.1), ss.DNSAM(0.1, 0.2)]:
-        yield pytest.param("linear_regression", m, id=f"linear_regression-{m.name}")
+    # Every row on the quadratic (m-SAM's on a mini-batch problem); SGD and DNSAM (its full-batch gradient) on both
+    # finite sums.
+    for p in rows(without=("micro_batch",)):
+        yield pytest.param("quadratic_full_noise", *p.values, id=f"quadratic-{p.id}")
+    for p in by_id("SGD", "DNSAM") + rows("micro_batch"):
+        yield pytest.param("teacher_student", *p.values, id=f"teacher_student-{p.id}")
+    for p in by_id("SGD", "DNSAM"):
+        yield pytest.param("linear_regression", *p.values, id=f"linear_regression-{p.id}")
 
 
 @pytest.mark.parametrize("problem_name, chunk_method", list(_chunk_cases()))

@@ -217,8 +217,8 @@ class WeakErrorStudy:
 
     def secant(self, test_fn: str, model: str | None = None, *, lrs: Sequence[float] | None = None) -> OrderFit:
         r"""The grid's secant slope: weighted least squares of :math:`\log\hat G` on :math:`\log\eta` with the
-        delta-method SEs and the interval ``slope ± 1.96·se·max(1, √(χ²/(m−2)))`` (what :meth:`weak_order` reported
-        before it targeted the order). It equals the order only when the points are asymptotic
+        delta-method SEs and the interval ``slope ± 1.96·se·max(1, √(χ²/(m−2)))`` (what :meth:`weak_order`
+        reported before it targeted the order). It equals the order only when the points are asymptotic
         (``pre_asymptotic`` false). Same refusals as :meth:`weak_order`."""
         return self._fit(test_fn, model, lrs, "secant")
 

@@ -1,6 +1,6 @@
 """The pilot's cost estimate of a weak-error study against the study's measured time (issue 21, item 5).
 
-Three studies of 20-90 s on 2 CPU cores, each run by ``ss.weak_error`` with its pilot (the default): the
+Three studies of 30-90 s on 2 CPU cores, each run by ``ss.weak_error`` with its pilot (the default): the
 estimate is the sum of the cells' ``estimated_seconds``, the measurement the sum of the cells' measured
 ``seconds`` (both serial, in this process); the pilot's own time is read from the estimate it returns; a first
 ``estimate_cost`` call (cold: it includes what the first use of a problem costs in a process — imports,
@@ -30,9 +30,9 @@ def cases(scale: float) -> list[tuple[str, object, object, torch.Tensor, dict]]:
         ("quadratic d=2, SAM, Monte Carlo", quad, ss.SAM(0.1, rho=0.1), torch.ones(2, dtype=torch.float64),
          dict(lrs=[0.1, 0.05, 0.025], horizon=1.0, n_paths=n(20_000), sde_order=[1], mode="monte_carlo")),
         ("teacher-student d=15, SAM", ts, ss.SAM(0.1, rho=0.05), ts.x_init,
-         dict(lrs=[0.1, 0.05], horizon=1.0, n_paths=n(4_000), sde_order=[1])),
+         dict(lrs=[0.1, 0.05], horizon=1.0, n_paths=n(8_000), sde_order=[1])),
         ("digits MLP d=610 (module), SAM", mlp, ss.SAM(0.1, rho=0.05), mlp.x_init,
-         dict(lrs=[0.1, 0.05], horizon=0.5, n_paths=n(256), sde_order=[1])),
+         dict(lrs=[0.1, 0.05], horizon=1.0, n_paths=n(384), sde_order=[1])),
     ]
 
 

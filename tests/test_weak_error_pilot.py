@@ -61,7 +61,7 @@ def _fake_cells(monkeypatch, cost):
     def fake_cell(spec):
         now[0] += cost(spec)
 
-    monkeypatch.setattr(pilot, "compute_cell", fake_cell)
+    monkeypatch.setattr(pilot, "_run_cell", fake_cell)
     return now
 
 
@@ -159,7 +159,8 @@ def test_announced_above_the_threshold_only(monkeypatch, capsys, quad, x0):
     assert err.count("weak_error: 10 cells to compute, estimated") == 1 and "progress=False silences" in err
     wem.weak_error(quad, ss.SGD(0.1), x0=x0, progress=False, **MC)
     assert "weak_error:" not in capsys.readouterr().err
-    study = wem.weak_error(quad, ss.USAM(0.1, rho=0.1), x0=x0, lrs=[0.2, 0.1], horizon=0.4, mode="exact")
+    study = wem.weak_error(quad, ss.USAM(0.1, rho=0.1), x0=x0, lrs=[0.2, 0.1], horizon=0.4, mode="exact",
+                           test_functions=["loss"])
     assert "weak_error:" not in capsys.readouterr().err and study.cells["estimated_seconds"].isna().all()
     monkeypatch.setattr(pilot, "ANNOUNCE_AFTER_S", 1e9)
     wem.weak_error(quad, ss.SGD(0.1), x0=x0, **MC)
@@ -203,9 +204,23 @@ def test_the_pilot_does_not_change_the_study(quad, x0, coupling):
 
 
 def test_exact_mode_needs_no_pilot(quad, x0):
-    est = wem.estimate_cost(quad, ss.USAM(0.1, rho=0.1), x0=x0, lrs=[0.2, 0.1], horizon=0.4, sde_order=[1])
+    est = wem.estimate_cost(quad, ss.USAM(0.1, rho=0.1), x0=x0, lrs=[0.2, 0.1], horizon=0.4, sde_order=[1],
+                            test_functions=["loss"])
     assert est.seconds == 0.0 and est.pilot_seconds == 0.0 and est.how.startswith("exact mode")
     assert len(est.cells) == 2 * 3 and all(c.seconds == 0.0 for c in est.cells)
+
+
+def test_a_failing_pilot_leaves_the_failure_to_the_cells(monkeypatch, quad, x0):
+    """A pilot that raises warns and lets the study go on: the cells report their own errors, as before."""
+    def broken(spec):
+        raise RuntimeError("pilot broke")
+
+    monkeypatch.setattr(pilot, "_run_cell", broken)
+    with pytest.warns(UserWarning, match=r"the cost pilot failed \(RuntimeError: pilot broke\)"):
+        study = wem.weak_error(quad, ss.SGD(0.1), x0=x0, progress=False, **MC)
+    assert study.cells["estimated_seconds"].isna().all() and len(study.table)
+    with pytest.raises(RuntimeError, match="pilot broke"):  # estimate_cost says it
+        wem.estimate_cost(quad, ss.SGD(0.1), x0=x0, **MC)
 
 
 def test_format_seconds():

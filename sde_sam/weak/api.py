@@ -229,10 +229,15 @@ def _run(specs: list[CellSpec], store, config: dict, executor, show, n_paths: in
             done[spec.key], source[spec.key], seconds[spec.key] = frame, "loaded", 0.0
     estimated = {}
     if pilot:
-        estimate = _pilot.estimate_cells([s for s in specs if s.key not in done], finished=list(done))
-        estimated = {(c.kind, c.lr, c.rho): c.seconds for c in estimate.cells}
-        if announce:
-            _pilot.announce(estimate)
+        try:
+            estimate = _pilot.estimate_cells([s for s in specs if s.key not in done], finished=list(done))
+        except Exception as err:  # the cells report their own failures (CellErrors), as without a pilot
+            warnings.warn(f"the cost pilot failed ({type(err).__name__}: {err}); the study runs without an estimate",
+                          stacklevel=3)
+        else:
+            estimated = {(c.kind, c.lr, c.rho): c.seconds for c in estimate.cells}
+            if announce:
+                _pilot.announce(estimate)
 
     def finished(key, result) -> None:  # in this process only: the one writer of results_dir
         frame, secs = result

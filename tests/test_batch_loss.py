@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import sde_sam as ss
+from conftest import rows
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,9 @@ def module_problem():
     return model, inputs, labels, ss.FiniteSum.from_module(model, F.cross_entropy, (inputs, labels), batch_size=8)
 
 
-@pytest.mark.parametrize("method", [ss.SGD(0.1), ss.SAM(0.1, 0.05), ss.SAM(0.1, 0.05, micro_batch=2, momentum=0.9),
-                                    ss.ASAM(0.1, 0.5, weight_decay=1e-3)], ids=lambda m: repr(m))
+# Every row but Eigen-SAM's: the replay below starts ss.step without state, and Eigen-SAM's first eigenvector
+# would then come from another random start than the run's.
+@pytest.mark.parametrize("method", rows(without=("eigenvector",)))
 def test_batch_loss_is_the_loss_of_the_steps_draw(module_problem, method):
     model, inputs, labels, prob = module_problem
     steps, n = 4, 3

@@ -14,11 +14,11 @@ from . import estimators as est
 from . import order as order_mod
 from .estimators import FLOOR, OrderFit
 from .order import NEAR_FLOOR
+from .storage import load_frames, save_study
 
 MOSTLY_DIVERGED = 0.5
 """An lr where more than this fraction of some cell's paths diverged is left out of the fit (the survivors are
 a selected sample: the gap they give is not the method's)."""
-from .storage import load_frames, save_study
 
 
 @dataclass(repr=False)

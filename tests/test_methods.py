@@ -257,10 +257,7 @@ def test_eigen_sam_initial_vector_is_top_eigenvector(spd):
 
 
 # -- the norm guard -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method_at_min", [
-    ss.SAM(0.1, 0.05), ss.DNSAM(0.1, 0.05), ss.UnifiedSAM(0.1, 0.05, 0.5),
-    ss.EigenSAM(0.1, 0.05, 0.2, init_power_iters=5),
-], ids=lambda m: m.name)
+@pytest.mark.parametrize("method_at_min", rows("plain", "normalises"))  # every method that divides by a norm
 def test_guard_fires_at_the_minimum_without_nan(method_at_min, diag_quadratic):
     prob = ss.Quadratic(diag_quadratic.H, noise_cov=0.0)
     steps, n = 5, 4
@@ -302,7 +299,7 @@ def test_normalises_declares_exactly_the_guarded_methods(diag_quadratic):
     """A method that divides by no norm never fires the guard (run skips its mask); the others can."""
     assert {m.name for m in METHODS.values() if m.normalises} == {"SAM", "DNSAM", "UnifiedSAM", "EigenSAM", "ASAM"}
     prob = ss.Quadratic(diag_quadratic.H, noise_cov=0.0)
-    for m in (ss.SGD(0.1), ss.USAM(0.1, 0.05), ss.TwoStepUSAM(0.1, 0.05), ss.HessianUSAM(0.1, 0.05)):
+    for m in methods("plain", without=("normalises",)):
         traj = ss.run(prob, m, torch.zeros(3, dtype=F64), steps=3, n_paths=2)
         assert traj.guard_count == 0 and torch.equal(traj.x_final, torch.zeros(2, 3, dtype=F64))
 

@@ -8,6 +8,9 @@
   Django is used or installed). No page loads anything from another host, so the formulas render offline,
   from ``file://`` included.
 - Each figure is wrapped in a link to its PNG: a click shows it at full size (no script needed).
+- The table of studies on ``studies/index.md`` is written from the study registry (``experiments.STUDIES``:
+  title, page, summary, sections of the maths page) in place of the page's ``STUDIES_TABLE`` marker, so the
+  index lists exactly the registered studies.
 
 The docstrings' reST (roles, ``.. math::``, ``Example:``) is read by ``docs/griffe_docstrings.py``.
 """
@@ -50,6 +53,36 @@ def on_files(files: Files, config) -> Files:
             rel = path.relative_to(root).as_posix()
             files.append(File.generated(config, f"{MATHJAX_DEST}/{rel}", abs_src_path=str(path)))
     return files
+
+
+STUDIES_TABLE = "<!-- the table of studies: written from experiments/registry.py by docs/hooks.py -->"
+
+
+def _section_link(section: str, base: str) -> str:
+    """``"2.2"`` -> ``[§2.2](<base>math.md#s2-2)`` (the anchors of ``docs/math.md``)."""
+    return f"[§{section}]({base}math.md#s{section.replace('.', '-')})"
+
+
+def studies_table(studies=None) -> str:
+    """The Markdown table of ``studies/index.md``, one row per registered study, links relative to ``studies/``."""
+    if studies is None:
+        import experiments  # the package of the source checkout (pip install -e .)
+
+        studies = experiments.STUDIES
+    rows = ["| study | what it shows | theory |", "|---|---|---|"]
+    for study in studies:
+        page = study.doc[len("studies/"):] if study.doc.startswith("studies/") else f"../{study.doc}"
+        theory = ", ".join(_section_link(s, "../") for s in study.theory)
+        rows.append(f"| [{study.title}]({page}) | {study.summary} | {theory} |")
+    return "\n".join(rows)
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    if page.file.src_uri != "studies/index.md":
+        return markdown
+    if STUDIES_TABLE not in markdown:
+        raise PluginError(f"docs/studies/index.md has lost its marker {STUDIES_TABLE!r}")
+    return markdown.replace(STUDIES_TABLE, studies_table())
 
 
 def _link_figure(match: re.Match) -> str:

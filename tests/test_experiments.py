@@ -80,7 +80,8 @@ def test_registry_is_the_one_list_of_studies():
 
 
 def test_docs_nav_and_index_cover_the_registry():
-    """Every registered study has its page in the mkdocs nav and a row in the studies index."""
+    """Every registered study has its page in the mkdocs nav and a row in the studies index (written from the
+    registry by docs/hooks.py), whose theory links have their anchors on the maths page."""
     yaml = pytest.importorskip("yaml")  # with mkdocs (the docs extra)
     nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8").replace("!!python", "#"))["nav"]
 
@@ -95,13 +96,26 @@ def test_docs_nav_and_index_cover_the_registry():
                 yield from pages(value)
 
     in_nav = set(pages(nav))
-    index = (ROOT / "docs" / "studies" / "index.md").read_text(encoding="utf-8")
-    linked = {str((Path("studies") / link).as_posix()).replace("studies/../", "")
-              for link in re.findall(r"\]\(([\w./]+\.md)\)", index)}
+    # The index's table is written from the registry by docs/hooks.py at build time, in place of its marker.
+    pytest.importorskip("mkdocs")  # docs/hooks.py imports it
+    spec = importlib.util.spec_from_file_location("_docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    assert hooks.STUDIES_TABLE in (ROOT / "docs" / "studies" / "index.md").read_text(encoding="utf-8")
+    index = hooks.studies_table()
+    linked = [str((Path("studies") / link).as_posix()).replace("studies/../", "")
+              for link in re.findall(r"^\| \[[^]]+\]\(([\w./]+\.md)\)", index, flags=re.M)]
+    assert linked == [study.doc for study in experiments.STUDIES]  # one row per study, in registry order
     for study in experiments.STUDIES:
         assert (ROOT / "docs" / study.doc).exists(), study.doc
         assert study.doc in in_nav, f"{study.doc} ({study.name}) is not in the mkdocs nav"
-        assert study.doc in linked, f"{study.doc} ({study.name}) has no row in docs/studies/index.md"
+        assert study.summary and study.theory, study.name
+        for section in study.theory:  # each section it cites has its anchor on the maths page
+            assert f"{{ #s{section.replace('.', '-')} }}" in (ROOT / "docs" / "math.md").read_text(encoding="utf-8")
+    page = type("Page", (), {"file": type("File", (), {"src_uri": "studies/index.md"})()})()
+    assert hooks.on_page_markdown(f"# Studies\n\n{hooks.STUDIES_TABLE}\n", page, None, None).endswith(index + "\n")
+    with pytest.raises(Exception, match="has lost its marker"):
+        hooks.on_page_markdown("# Studies\n", page, None, None)
 
 
 def test_committed_figures_and_readme_cover_the_registry():

@@ -86,11 +86,11 @@ def digits_conv(n: int = 256, *, channels: tuple[int, int] = (32, 64), hidden: i
     The loss is smooth (``tanh``, average pooling), so its Hessian-vector products and third derivatives are
     exact under autodiff (checked against finite differences in ``tests/test_large_models.py``).
 
-    Memory per path (2 cores, peak resident set over a baseline at equal ``chunk_size``; ``docs/scaling.md``,
-    "Larger models: memory per path"): every path costs its stored state, about ``5·d`` numbers (≈4 MB in float64,
-    2 MB in float32) whatever the method or model order; the paths evaluated at once (``chunk_size``) cost in
-    addition ≈8 MB (SAM step, float64, ``B = 8``), ≈9 MB (order-1 SDE), ≈18 MB (order 2) and ≈17 MB
-    (``"lambda_max"``) each, half that in float32.
+    Memory per path (float64, ``n = 64``, ``B = 8``; peak resident set of a fresh interpreter, ``docs/scaling.md``
+    "Larger models: memory per path"): every path stores ≈3–4 MB (a few copies of its ``d`` numbers; float32
+    ≈1.5–2 MB), and each path of a chunk (``chunk_size``) needs while it is evaluated ≈14 MB (``ss.run``, SAM),
+    ≈15–17 MB (order-1 and order-2 SDEs) and ≈52 MB (the ``"lambda_max"`` observable, 20 Lanczos iterations);
+    float32: ≈7, 8–10 and 30 MB.
 
     Args:
         n: Number of digits (a seeded subset of the 1,797), features standardised.
@@ -174,9 +174,10 @@ def attention_block(n: int = 256, *, length: int = 8, width: int = 16, heads: in
 
     (``L`` length, ``w`` width, ``m`` MLP width, ``k`` classes; three LayerNorms of ``2w`` each).
 
-    Memory per path (``docs/scaling.md``, "Larger models: memory per path"): small next to the interpreter's
-    baseline at this size; the paths evaluated at once cost ≈0.3 MB (SAM step, float64, ``B = 8``), ≈0.4 MB
-    (order-1 SDE), ≈1 MB (order 2) and ≈3 MB (``"lambda_max"``, ``n = 256`` samples) each.
+    Memory per path (float64, ``n = 64``, ``B = 8``; ``docs/scaling.md`` "Larger models: memory per path"): the
+    stored state is a few copies of ``d`` numbers (tens of kB); each path of a chunk needs ≈1.3 MB (``ss.run``,
+    SAM, mostly the full-batch loss over the ``n`` samples), ≈1.7 MB (order-1 SDE), ≈2.3 MB (order 2) and ≈7 MB
+    (``"lambda_max"``); about half that in float32.
 
     Args:
         n: Number of sequences.

@@ -105,6 +105,7 @@ def test_the_solver_check_is_measured_on_its_model(monkeypatch, quad):
                           increments="gaussian", solver_check=True, chunk_size=None, max_norm=math.inf).specs
     a = 1e-3
     _fake_cells(monkeypatch, lambda spec: (2 if spec.solver else 1) * spec.steps * a * spec.n_paths)
+    monkeypatch.setattr(pilot, "QUICK_S", 0.0)  # always refined
     (cell,) = pilot.estimate_cells([s for s in specs if s.solver]).cells
     assert cell.kind == "solver order 1" and cell.seconds == pytest.approx(2 * 5 * a * 64, rel=1e-9)
 
@@ -148,6 +149,25 @@ def test_estimate_counts_the_study_work(monkeypatch):
     assert estimates[1].seconds == pytest.approx(2 * estimates[0].seconds, rel=1e-9)
     assert [c.steps for c in estimates[2].cells][::3] == [4, 8]
     assert [c.seconds for c in estimates[3].cells[:6]] == pytest.approx([c.seconds for c in estimates[0].cells])
+
+
+def test_small_studies_take_the_overestimate_of_the_one_step_runs(monkeypatch):
+    """Below QUICK_S the 1-step runs' bound is the estimate (no long runs): at least the study's work, counted
+    as above; above it, refined."""
+    prob = CountingObjective(_quartic, 2, noise_cov=0.5, dtype=F64)
+    counter = CountingObjective.count
+    monkeypatch.setattr(pilot, "clock", lambda: float(counter[0]))
+    monkeypatch.setattr(pilot, "RUNG_MAX_S", math.inf)
+    monkeypatch.setattr(pilot, "RUNG_S", 0.0)
+    x0 = torch.full((2,), 0.5, dtype=F64)
+    kw = dict(lrs=[0.2, 0.1], horizon=0.4, n_paths=600, sde_order=[0], test_functions=["loss"], record_every=1)
+    monkeypatch.setattr(pilot, "QUICK_S", math.inf)
+    quick = wem.estimate_cost(prob, ss.SGD(0.1), x0=x0, **kw)
+    monkeypatch.setattr(pilot, "QUICK_S", 0.0)
+    refined = wem.estimate_cost(prob, ss.SGD(0.1), x0=x0, **kw)
+    assert "not refined" in quick.how and "not refined" not in refined.how
+    assert quick.seconds > 1.05 * refined.seconds
+    assert all(q.seconds >= r.seconds for q, r in zip(quick.cells, refined.cells))
 
 
 def test_announced_above_the_threshold_only(monkeypatch, capsys, quad, x0):

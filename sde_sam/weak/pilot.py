@@ -19,7 +19,9 @@ spanning :data:`SPAN_STEPS` solver steps (at most the engine's longest cell and 
 of :math:`c`, with the engine's noise drawn in blocks of up to 64 steps counted), at the size before a 2-step run, and the test functions timed
 alone (:math:`r`). :math:`c, s, r`
 are extrapolated linearly in paths from those two sizes to :math:`N` and summed over the cells still to
-compute: cells already finished in ``results_dir`` are not counted. Exact-mode cells are closed-form moment
+compute: cells already finished in ``results_dir`` are not counted. When the 1-step runs alone (each lr step
+costed as a whole 1-step run: an overestimate) put the study below :data:`QUICK_S` seconds, that is the
+estimate and the longer runs are skipped. Exact-mode cells are closed-form moment
 recursions (milliseconds at the sizes exact mode serves): no pilot, counted as free.
 
 The pilot costs a fraction of a second per engine for cheap problems and a few percent of a study worth
@@ -70,6 +72,9 @@ RECORD_REPEATS = 3
 """The test functions are timed up to this many times per rung (the least counts: short timings are noisy)
 while the repeats have taken less than :data:`RECORD_S` seconds."""
 RECORD_S = 0.02
+QUICK_S = ANNOUNCE_AFTER_S / 4
+"""A study that the 1-step runs alone put below this many seconds is not refined (their upper bound is its
+estimate): the pilot stays a small share of small studies, and no estimate near the announcement is crude."""
 
 clock: Callable[[], float] = time.perf_counter
 """The pilot's clock (a module attribute: tests replace it, e.g. by a count of evaluations)."""
@@ -178,9 +183,9 @@ def _time_records(spec: CellSpec, n: int) -> float:
     return best * (2 if spec.coupled else 1)
 
 
-def _engine_cost(spec: CellSpec, long: int, work: float) -> _EngineCost:
-    """The ladder of runs on one engine (module docstring) and the linear extrapolation to ``spec.n_paths``;
-    ``long``: the lr steps of the long run (at most), ``work``: the engine's lr steps x paths."""
+def _ladder(spec: CellSpec) -> list[tuple[int, float, float]]:
+    """``(n, t1, r)`` per rung: a 1-step run and one recorded time at ``n`` paths, ``n = 16, 128, ...`` until a
+    run takes RUNG_S seconds and twice the one before (its time is then mostly per path), or RUNG_MAX_S."""
     big = spec.n_paths
     _time_run(spec, min(big, FIRST_PATHS), 1)  # warm-up: lazy imports, first allocations, caches
     rungs, n = [], min(big, FIRST_PATHS)
@@ -188,19 +193,35 @@ def _engine_cost(spec: CellSpec, long: int, work: float) -> _EngineCost:
         rungs.append((n, _time_run(spec, n, 1), _time_records(spec, n)))
         t = rungs[-1][1]
         if n >= big or t >= RUNG_MAX_S or (len(rungs) >= 2 and t >= RUNG_S and t >= 2 * rungs[-2][1]):
-            break
+            return rungs
         n = min(big, RUNG_FACTOR * n)
-    # The long run at the last size; at the size before (a small share of the cost) two steps do.
+
+
+def _line(points: list[tuple[int, Sequence[float]]], big: int) -> list[float]:
+    """Each value on the line through the last two ``(n, values)`` at ``big`` paths, never below zero."""
+    if len(points) == 1:
+        return list(points[0][1])
+    (n_lo, lo), (n_hi, hi) = points[-2:]
+    return [max(0.0, h + (h - l) * (big - n_hi) / (n_hi - n_lo)) for l, h in zip(lo, hi)]
+
+
+def _bound(spec: CellSpec, rungs) -> _EngineCost:
+    """An upper bound from the ladder alone: every lr step costed as a whole 1-step run (its constant, a block
+    of noise and two records included)."""
+    t1, r = _line([(n, (t, rr)) for n, t, rr in rungs[-2:]], spec.n_paths)
+    return _EngineCost(0.0, t1, r)
+
+
+def _refine(spec: CellSpec, rungs, long: int, work: float) -> _EngineCost:
+    """:math:`c, s, r` at ``spec.n_paths`` (module docstring): a long run at the last rung's size (``long`` lr
+    steps at most, and at most PILOT_SHARE of ``work``, the engine's lr steps x paths), 2 steps at the one
+    before; linear in paths through the two sizes."""
     long = max(2, min(long, int(PILOT_SHARE * work / rungs[-1][0])))
     steps = [2, long][-len(rungs[-2:]):]
     fits = [_split(n, t, r, _time_run(spec, n, k), k) for (n, t, r), k in zip(rungs[-2:], steps)]
-    if len(fits) == 1:
-        return _EngineCost(*fits[0][1:])
-    (n_lo, *lo), (n_hi, *hi) = fits
-    # Each of c, s, r on the line through the two sizes (a per-run cost may grow with the paths too: e.g. the
-    # random streams of a block of steps), never below zero.
-    at = [max(0.0, h + (h - l) * (big - n_hi) / (n_hi - n_lo)) for l, h in zip(lo, hi)]
-    return _EngineCost(*at)
+    # A per-run cost may grow with the paths too (e.g. the random streams of a block of steps): c, s and r
+    # are each extrapolated.
+    return _EngineCost(*_line([(n, rest) for n, *rest in fits], spec.n_paths))
 
 
 def _split(n: int, t_one: float, r: float, t_long: float, long: int) -> tuple[int, float, float, float]:
@@ -235,27 +256,40 @@ def estimate_cells(specs: Sequence[CellSpec], *, finished: Sequence[tuple] = ())
                       for s in specs)
         return CostEstimate(0.0, cells, finished, 0.0, "exact mode: closed-form moment recursions, counted as "
                             "free (no pilot)")
-    costs: dict[str, _EngineCost] = {}
+    engines = {}  # engine -> the spec it is measured on: the model itself (a solver check is 2 x its steps)
+    for spec in specs:
+        engines.setdefault(_engine(spec), replace(spec, kind=spec.label))
     device = specs[0].x0.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the study's own cells warn, once, about what matters
-        for spec in specs:
-            if _engine(spec) not in costs:  # measured on the model itself (a solver check is 2 x its steps)
-                longest = max(s.steps for s in specs if _engine(s) == _engine(spec))
+        ladders = {e: _ladder(spec) for e, spec in engines.items()}
+        costs = {e: _bound(engines[e], rungs) for e, rungs in ladders.items()}
+        cells = _cell_costs(specs, costs)
+        refined = sum(c.seconds for c in cells) >= QUICK_S
+        if refined:  # a study that may be worth announcing: the long runs
+            for e, spec in engines.items():
+                mine = [s for s in specs if _engine(s) == e]
                 per_lr = 1 if spec.kind == "discrete" else spec.dt_ratio
-                long = max(2, min(longest, 1 + -(-SPAN_STEPS // per_lr)))
-                work = sum((2 if s.solver else 1) * s.steps * s.n_paths for s in specs if _engine(s) == _engine(spec))
-                costs[_engine(spec)] = _engine_cost(replace(spec, kind=spec.label), long, work)
-    cells = []
+                long = max(2, min(max(s.steps for s in mine), 1 + -(-SPAN_STEPS // per_lr)))
+                work = sum((2 if s.solver else 1) * s.steps * s.n_paths for s in mine)
+                costs[e] = _refine(spec, ladders[e], long, work)
+            cells = _cell_costs(specs, costs)
+    how = (f"pilot per engine ({', '.join(costs)}): runs of 1 lr step at {FIRST_PATHS}, "
+           f"{RUNG_FACTOR * FIRST_PATHS}, ... paths until one takes {RUNG_S} s and twice the one before, "
+           + (f"then runs spanning up to {SPAN_STEPS} solver steps at the last size (2 steps at the one before); "
+              "extrapolated linearly in paths, steps, records and cells" if refined else
+              f"which put the study below {QUICK_S} s: their overestimate (each lr step costed as a whole "
+              "1-step run), not refined"))
+    return CostEstimate(float(sum(c.seconds for c in cells)), tuple(cells), finished, time.perf_counter() - t0, how)
+
+
+def _cell_costs(specs: Sequence[CellSpec], costs: dict[str, _EngineCost]) -> list[CellCost]:
+    out = []
     for s in specs:
         e, records = costs[_engine(s)], len(record_times(s.steps, s.every))
         seconds = e.per_cell + (2 if s.solver else 1) * s.steps * e.per_step + records * e.per_record
-        cells.append(CellCost(s.kind, s.method.lr, s.method.rho, s.steps, records, seconds))
-    how = (f"pilot per engine ({', '.join(costs)}): runs of 1 lr step at {FIRST_PATHS}, "
-           f"{RUNG_FACTOR * FIRST_PATHS}, ... paths until one takes {RUNG_S} s and twice the one before, runs "
-           f"spanning up to {SPAN_STEPS} solver steps at the last size (2 steps at the one before); extrapolated linearly in paths, "
-           "steps, records and cells")
-    return CostEstimate(float(sum(c.seconds for c in cells)), tuple(cells), finished, time.perf_counter() - t0, how)
+        out.append(CellCost(s.kind, s.method.lr, s.method.rho, s.steps, records, seconds))
+    return out
 
 
 def announce(estimate: CostEstimate) -> None:

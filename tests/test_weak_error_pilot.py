@@ -53,10 +53,12 @@ def test_estimate_structure(quad, x0):
     assert study.cells["estimated_seconds"].gt(0).all() and study.cells["seconds"].gt(0).all()
 
 
-def _fake_cells(monkeypatch, cost):
-    """A virtual clock advanced by a cost model: every cell the pilot runs costs ``cost(spec)``."""
+def _fake_cells(monkeypatch, cost, share=1.0):
+    """A virtual clock advanced by a cost model: every cell the pilot runs costs ``cost(spec)`` CPU seconds,
+    and ``share`` times that in wall time (a machine where this process gets 1/share of a core)."""
     now = [0.0]
     monkeypatch.setattr(pilot, "clock", lambda: now[0])
+    monkeypatch.setattr(pilot, "wall", lambda: share * now[0])
 
     def fake_cell(spec):
         now[0] += cost(spec)
@@ -65,10 +67,12 @@ def _fake_cells(monkeypatch, cost):
     return now
 
 
-def test_extrapolation_follows_an_affine_cost_model(monkeypatch, quad):
+@pytest.mark.parametrize("share", [1.0, 2.5])
+def test_extrapolation_follows_an_affine_cost_model(monkeypatch, quad, share):
     """Cells that cost c + m·K·(a + b·n) + R·β·n (records: a test function that costs β per path) are
     estimated exactly at N paths, from a pilot that never runs N paths (the ladder stops once the per-path
-    part shows): the constant, the per-step and per-record costs are separated and extrapolated."""
+    part shows): the constant, the per-step and per-record costs are separated and extrapolated; the CPU
+    seconds are scaled by the pilot's wall / CPU time."""
     c, a, b, beta = 0.05, 0.01, 1e-4, 3e-5
     seen = []
 
@@ -77,7 +81,7 @@ def test_extrapolation_follows_an_affine_cost_model(monkeypatch, quad):
         m = 2 if spec.solver else 1
         return c + m * spec.steps * (a + b * spec.n_paths) + 2 * beta * spec.n_paths
 
-    now = _fake_cells(monkeypatch, cost)
+    now = _fake_cells(monkeypatch, cost, share)
 
     def phi(x):
         now[0] += beta * x.shape[0]
@@ -91,7 +95,7 @@ def test_extrapolation_follows_an_affine_cost_model(monkeypatch, quad):
     for cell in est.cells:
         m = 2 if cell.kind.startswith("solver") else 1
         want = c + m * cell.steps * (a + b * n_big) + cell.records * beta * n_big
-        assert cell.seconds == pytest.approx(want, rel=1e-9), cell
+        assert cell.seconds == pytest.approx(share * want, rel=1e-9), cell
     assert [cl.records for cl in est.cells[:3]] == [5] * 3 and [cl.records for cl in est.cells[3:]] == [8] * 3
 
 
@@ -135,6 +139,7 @@ def test_estimate_counts_the_study_work(monkeypatch):
     prob = CountingObjective(_quartic, 2, noise_cov=0.5, dtype=F64)
     counter = CountingObjective.count
     monkeypatch.setattr(pilot, "clock", lambda: float(counter[0]))
+    monkeypatch.setattr(pilot, "wall", lambda: float(counter[0]))
     monkeypatch.setattr(pilot, "RUNG_MAX_S", math.inf)  # thresholds in seconds mean nothing in counts:
     monkeypatch.setattr(pilot, "RUNG_S", 0.0)  # the ladder stops where the count doubles (at 128 paths)
     x0 = torch.full((2,), 0.5, dtype=F64)
@@ -157,6 +162,7 @@ def test_small_studies_take_the_overestimate_of_the_one_step_runs(monkeypatch):
     prob = CountingObjective(_quartic, 2, noise_cov=0.5, dtype=F64)
     counter = CountingObjective.count
     monkeypatch.setattr(pilot, "clock", lambda: float(counter[0]))
+    monkeypatch.setattr(pilot, "wall", lambda: float(counter[0]))
     monkeypatch.setattr(pilot, "RUNG_MAX_S", math.inf)
     monkeypatch.setattr(pilot, "RUNG_S", 0.0)
     x0 = torch.full((2,), 0.5, dtype=F64)

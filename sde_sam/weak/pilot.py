@@ -76,8 +76,13 @@ QUICK_S = ANNOUNCE_AFTER_S / 4
 """A study that the 1-step runs alone put below this many seconds is not refined (their upper bound is its
 estimate): the pilot stays a small share of small studies, and no estimate near the announcement is crude."""
 
-clock: Callable[[], float] = time.perf_counter
-"""The pilot's clock (a module attribute: tests replace it, e.g. by a count of evaluations)."""
+clock: Callable[[], float] = time.process_time
+"""What the pilot times a run with (a module attribute: tests replace it, e.g. by a count of evaluations):
+this process's CPU time, which a load spike from other processes does not inflate (a short run's wall time
+can double under one). On a GPU the wall clock (the host waits for the kernels)."""
+wall: Callable[[], float] = time.perf_counter
+"""The wall clock: over the whole pilot, wall / CPU time scales the estimate (the share of the cores this
+process gets, and its threads: the engine draws noise on several)."""
 
 
 @dataclass(frozen=True)
@@ -157,40 +162,45 @@ _run_cell: Callable[[CellSpec], object] = _pilot_cell
 """What the pilot times (a module attribute: tests replace it by a cost model)."""
 
 
-def _time_run(spec: CellSpec, n: int, steps: int) -> float:
+def _timed(device: torch.device, fn: Callable[[], object], tally: list[float]) -> float:
+    """Seconds of ``fn()`` by :data:`clock` (CPU; wall on a GPU); adds (wall, that) to ``tally``."""
+    cpu = clock if device.type == "cpu" else wall
+    _sync(device)
+    w0, t0 = wall(), cpu()
+    fn()
+    _sync(device)
+    t, w = cpu() - t0, wall() - w0
+    tally[0] += w
+    tally[1] += t
+    return t
+
+
+def _time_run(spec: CellSpec, n: int, steps: int, tally: list[float]) -> float:
     """Seconds of the cell's own code on ``n`` paths for ``steps`` lr steps, recording at 0 and the end."""
-    _sync(spec.x0.device)
-    t0 = clock()
-    _run_cell(replace(spec, n_paths=n, steps=steps, every=steps))
-    _sync(spec.x0.device)
-    return clock() - t0
+    return _timed(spec.x0.device, lambda: _run_cell(replace(spec, n_paths=n, steps=steps, every=steps)), tally)
 
 
-def _time_records(spec: CellSpec, n: int) -> float:
+def _time_records(spec: CellSpec, n: int, tally: list[float]) -> float:
     """Seconds of one recorded time: the test functions on ``n`` paths (twice when coupled: both sides)."""
     fns = resolve(observables(spec.problem, spec.tfs), spec.problem)
     x = spec.x0.expand(n, -1).clone()
     best, spent = math.inf, 0.0
     for _ in range(RECORD_REPEATS):
-        _sync(x.device)
-        t0 = clock()
-        for fn in fns.values():
-            fn(x)
-        _sync(x.device)
-        best, spent = min(best, clock() - t0), spent + clock() - t0
+        t = _timed(x.device, lambda: [fn(x) for fn in fns.values()], tally)
+        best, spent = min(best, t), spent + t
         if spent >= RECORD_S:
             break
     return best * (2 if spec.coupled else 1)
 
 
-def _ladder(spec: CellSpec) -> list[tuple[int, float, float]]:
+def _ladder(spec: CellSpec, tally: list[float]) -> list[tuple[int, float, float]]:
     """``(n, t1, r)`` per rung: a 1-step run and one recorded time at ``n`` paths, ``n = 16, 128, ...`` until a
     run takes RUNG_S seconds and twice the one before (its time is then mostly per path), or RUNG_MAX_S."""
     big = spec.n_paths
-    _time_run(spec, min(big, FIRST_PATHS), 1)  # warm-up: lazy imports, first allocations, caches
+    _time_run(spec, min(big, FIRST_PATHS), 1, [0.0, 0.0])  # warm-up (untallied): lazy imports, first allocations
     rungs, n = [], min(big, FIRST_PATHS)
     while True:
-        rungs.append((n, _time_run(spec, n, 1), _time_records(spec, n)))
+        rungs.append((n, _time_run(spec, n, 1, tally), _time_records(spec, n, tally)))
         t = rungs[-1][1]
         if n >= big or t >= RUNG_MAX_S or (len(rungs) >= 2 and t >= RUNG_S and t >= 2 * rungs[-2][1]):
             return rungs
@@ -212,13 +222,13 @@ def _bound(spec: CellSpec, rungs) -> _EngineCost:
     return _EngineCost(0.0, t1, r)
 
 
-def _refine(spec: CellSpec, rungs, long: int, work: float) -> _EngineCost:
+def _refine(spec: CellSpec, rungs, long: int, work: float, tally: list[float]) -> _EngineCost:
     """:math:`c, s, r` at ``spec.n_paths`` (module docstring): a long run at the last rung's size (``long`` lr
     steps at most, and at most PILOT_SHARE of ``work``, the engine's lr steps x paths), 2 steps at the one
     before; linear in paths through the two sizes."""
     long = max(2, min(long, int(PILOT_SHARE * work / rungs[-1][0])))
     steps = [2, long][-len(rungs[-2:]):]
-    fits = [_split(n, t, r, _time_run(spec, n, k), k) for (n, t, r), k in zip(rungs[-2:], steps)]
+    fits = [_split(n, t, r, _time_run(spec, n, k, tally), k) for (n, t, r), k in zip(rungs[-2:], steps)]
     # A per-run cost may grow with the paths too (e.g. the random streams of a block of steps): c, s and r
     # are each extrapolated.
     return _EngineCost(*_line([(n, rest) for n, *rest in fits], spec.n_paths))
@@ -262,24 +272,28 @@ def estimate_cells(specs: Sequence[CellSpec], *, finished: Sequence[tuple] = ())
     device = specs[0].x0.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the study's own cells warn, once, about what matters
-        ladders = {e: _ladder(spec) for e, spec in engines.items()}
+        tally = [0.0, 0.0]  # wall, timed seconds
+        ladders = {e: _ladder(spec, tally) for e, spec in engines.items()}
         costs = {e: _bound(engines[e], rungs) for e, rungs in ladders.items()}
         cells = _cell_costs(specs, costs)
-        refined = sum(c.seconds for c in cells) >= QUICK_S
+        refined = sum(c.seconds for c in cells) * tally[0] / max(tally[1], 1e-300) >= QUICK_S
         if refined:  # a study that may be worth announcing: the long runs
             for e, spec in engines.items():
                 mine = [s for s in specs if _engine(s) == e]
                 per_lr = 1 if spec.kind == "discrete" else spec.dt_ratio
                 long = max(2, min(max(s.steps for s in mine), 1 + -(-SPAN_STEPS // per_lr)))
                 work = sum((2 if s.solver else 1) * s.steps * s.n_paths for s in mine)
-                costs[e] = _refine(spec, ladders[e], long, work)
-            cells = _cell_costs(specs, costs)
+                costs[e] = _refine(spec, ladders[e], long, work, tally)
+    share = tally[0] / tally[1] if tally[1] > 0 else 1.0
+    costs = {e: _EngineCost(*(share * v for v in (c.per_cell, c.per_step, c.per_record))) for e, c in costs.items()}
+    cells = _cell_costs(specs, costs)
     how = (f"pilot per engine ({', '.join(costs)}): runs of 1 lr step at {FIRST_PATHS}, "
            f"{RUNG_FACTOR * FIRST_PATHS}, ... paths until one takes {RUNG_S} s and twice the one before, "
            + (f"then runs spanning up to {SPAN_STEPS} solver steps at the last size (2 steps at the one before); "
               "extrapolated linearly in paths, steps, records and cells" if refined else
               f"which put the study below {QUICK_S} s: their overestimate (each lr step costed as a whole "
-              "1-step run), not refined"))
+              "1-step run), not refined")
+           + f"; CPU seconds x {share:.2f}, the pilot's wall / CPU time")
     return CostEstimate(float(sum(c.seconds for c in cells)), tuple(cells), finished, time.perf_counter() - t0, how)
 
 

@@ -19,7 +19,9 @@ spanning :data:`SPAN_STEPS` solver steps (at most the engine's longest cell and 
 of :math:`c`, with the engine's noise drawn in blocks of up to 64 steps counted), at the size before a 2-step run, and the test functions timed
 alone (:math:`r`). :math:`c, s, r`
 are extrapolated linearly in paths from those two sizes to :math:`N` and summed over the cells still to
-compute: cells already finished in ``results_dir`` are not counted. When the 1-step runs alone (each lr step
+compute: cells already finished in ``results_dir`` are not counted. Runs are timed in CPU seconds (:data:`clock`)
+and the result scaled by the pilot's overall wall / CPU time, so that a load spike during one short run does
+not multiply the estimate. When the 1-step runs alone (each lr step
 costed as a whole 1-step run: an overestimate) put the study below :data:`QUICK_S` seconds, that is the
 estimate and the longer runs are skipped. Exact-mode cells are closed-form moment
 recursions (milliseconds at the sizes exact mode serves): no pilot, counted as free.
@@ -28,7 +30,7 @@ The pilot costs a fraction of a second per engine for cheap problems and a few p
 announcing (plus, the first time in a process, the warm-up the study's first cell would otherwise pay); it
 draws from its own generators (as every run does) inside :func:`torch.random.fork_rng`, so a study's numbers
 are bit-identical with and without it. The estimate is the *serial* time in this process; an executor running
-cells in parallel divides it by its workers. Accuracy: within a factor 2 on three studies of 30-75 s
+cells in parallel divides it by its workers. Accuracy: within 15% on three studies of 36-61 s
 (``benchmarks/bench_pilot.py``, ``benchmarks/README.md``).
 
 Example:

@@ -57,8 +57,8 @@ class FiniteSum(Problem):
               f_\gamma = \frac1B\sum_{i\in\gamma}\ell(x, s_i),\ |\gamma| = B
 
     with the batch drawn uniformly with replacement (default) or without (MATH §1). Per-sample gradients
-    come from ``vmap(grad)``, Hessian-vector products reverse-over-reverse (:func:`sde_sam.autodiff.hvp`); one draw is the
-    ``(B,)`` index vector of a mini-batch.
+    come from ``vmap(grad)``, Hessian-vector products reverse-over-reverse (:func:`sde_sam.autodiff.hvp`); one
+    draw is the ``(B,)`` index vector of a mini-batch.
 
     Args:
         loss_fn: ``loss_fn(x: (d,), sample) -> scalar`` where ``sample`` has the structure of ``data``

@@ -351,9 +351,9 @@ def sde_step_cost(sde) -> float | None:
     base = step_cost(sde.problem, sde.method)
     if base is None:
         return None
-    if sde.mode == "two_draw":
+    if sde.expectation_mode == "two_draw":
         return base * 2 * (2 if sde.order == 2 else 1)
-    if sde.mode == "sampled":
+    if sde.expectation_mode == "sampled":
         return base * (sde.n_draws or 1)
     return float(max(base, getattr(sde.problem, "n", 0) or 0))
 

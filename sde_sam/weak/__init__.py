@@ -2,7 +2,8 @@
 piece of work per cell), :mod:`.exact` (closed-form moments), :mod:`.coupling` (coupled estimates),
 :mod:`.estimators` (the selection-free gap, the floor, the order fit), :mod:`.study` (the result object),
 :mod:`.figure`, :mod:`.storage` and :mod:`.pilot` (:func:`estimate_cost`: a study's cost, before it starts)."""
-from .api import COLUMNS, ORDERS, estimate_cost, weak_error
+from .api import COLUMNS, estimate_cost, weak_error
+from .validate import ORDERS
 from .cells import DEFAULT_TEST_FUNCTIONS, model_label
 from .estimators import FLOOR, MonteCarloFloorError, OrderFit
 from .pilot import CellCost, CostEstimate

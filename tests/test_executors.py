@@ -193,6 +193,7 @@ def test_weak_error_is_identical_on_ray(weak_error_serial, ray_cluster):
     pdt.assert_frame_equal(study.table, weak_error_serial.table, check_exact=True)
 
 
+@pytest.mark.slow  # starts a Ray cluster (~12 s): CI runs it, the fast lane does not
 def test_ray_reports_failed_cells(ray_cluster):
     with RayExecutor() as ex:
         with pytest.raises(CellErrors, match=r"bad cell x=2") as info:

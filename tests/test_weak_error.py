@@ -471,6 +471,7 @@ def test_new_options_first_order_models_have_order_one(which):
     assert fit.ci_low <= 1.0 <= fit.ci_high, (fit, fit.points)
 
 
+@pytest.mark.slow  # a fresh interpreter (~5 s)
 def test_old_module_path_warns_and_forwards():
     """``sde_sam.weak_error`` as a module path (the package before its rename to ``sde_sam.weak``) still imports for
     one release, with a DeprecationWarning, serving the same objects, never a second copy of a module; and

@@ -8,7 +8,8 @@ A recorded value that is non-finite flags its path as diverged (``Trajectory.div
 mini-batch of ``B``. Costs are counted in per-sample gradient evaluations (a forward and a backward pass of
 one sample): a step of a discrete method costs ``B`` per gradient it takes (two for SAM-like methods, ``n``
 more for a full gradient), an SDE step of the two-draw scheme twice that (four times at order 2); the
-full-batch loss costs ``n/3`` (a forward pass is about a third of a forward and backward pass),
+full-batch loss costs ``0.6 n`` (a forward pass over many samples, measured at 0.1-0.56 of a per-sample
+gradient evaluation of the batched step: the model takes the top, so that the share holds on conv nets too),
 ``"grad_norm"`` ``n`` and ``"lambda_max"`` ``2n`` per Hessian-vector product. ``"auto"`` records every
 
 .. math:: r = \\Big\\lceil \\frac{\\text{cost of one recording}}{0.1\\times\\text{cost of one step}} \\Big\\rceil
@@ -16,8 +17,9 @@ full-batch loss costs ``n/3`` (a forward pass is about a third of a forward and 
 steps (:func:`auto_record_every`), so that recording costs at most 10% of the steps; the start and the end
 are always recorded (a run shorter than ``r`` steps pays those two). ``r = 1`` wherever the observables are
 cheap (``"x_norm"``, callables, ``"batch_loss"``) or the problem is not a finite sum. The interval chosen is
-``Trajectory.info["record_every"]``. The count is a model, measured in ``benchmarks/README.md``: small models
-spend more of a step in per-call overhead, so the real share is lower.
+``Trajectory.info["record_every"]``. The count is a model, measured in ``benchmarks/README.md`` (0.2-9.4% on
+2.4k-307k-parameter MLPs and a conv net, 8 and 64 paths): small models spend more of a step in per-call
+overhead, so their real share is lower.
 
 **Memory.** Full-batch observables are evaluated over groups of paths, at most ``chunk`` path-samples per
 call (default :data:`EVAL_CHUNK` on a CPU, :data:`EVAL_CHUNK_CUDA` on a GPU), and, where ``n`` alone exceeds it, over chunks of samples (then the value
@@ -43,7 +45,8 @@ EVAL_CHUNK = 2**14
 """Path-samples per call of a full-batch observable on a CPU (memory: this many samples' activations at once)."""
 EVAL_CHUNK_CUDA = 2**19
 """The same on a GPU, where fewer, larger calls pay (about 2 GB of activations for a small conv net)."""
-_FORWARD = 1 / 3  # a forward pass, in per-sample gradient evaluations
+_FORWARD = 0.6  # a full-batch forward pass per sample, in per-sample gradient evaluations of the batched step
+# (measured 0.1-0.56, the conv net at 64 paths the top; was 1/3, which let recording take 17% there)
 _HVP = 2.0  # a reverse-over-reverse Hessian-vector product, likewise (measured 1.9-2.1, benchmarks/README.md)
 
 

@@ -40,13 +40,13 @@ def test_default_run_on_a_module_problem_evaluates_the_full_batch_loss_at_the_do
     traj = ss.run(digits, method, digits.x_init, steps=steps, n_paths=n_paths)
     r = traj.info["record_every"]
     # The documented rule: ceil(cost of a recording / (0.1 * cost of a step)), per-sample gradient units:
-    # the loss is n/3, a SAM step two gradients of B samples.
-    assert r == math.ceil((digits.n / 3) / (0.1 * 2 * digits.batch_size)) == 54
-    assert counter.calls == len(obs_mod.record_times(steps, r)) == 4  # steps 0, 54, 108, 120
-    assert counter.paths == 4 * n_paths
+    # the loss is 0.6 n, a SAM step two gradients of B samples.
+    assert r == math.ceil((0.6 * digits.n) / (0.1 * 2 * digits.batch_size)) == 96
+    assert counter.calls == len(obs_mod.record_times(steps, r)) == 3  # steps 0, 96, 120
+    assert counter.paths == 3 * n_paths
     # By the same model, the recordings between the start and the end cost at most 10% of the steps.
-    assert (counter.calls - 2) * digits.n / 3 <= 0.1 * steps * 2 * digits.batch_size
-    assert torch.equal(traj.times, torch.tensor([0, 54, 108, 120], dtype=F64) * method.lr)
+    assert (counter.calls - 2) * 0.6 * digits.n <= 0.1 * steps * 2 * digits.batch_size
+    assert torch.equal(traj.times, torch.tensor([0, 96, 120], dtype=F64) * method.lr)
 
 
 def test_default_simulate_on_a_module_problem_records_on_the_auto_schedule(digits, monkeypatch):
@@ -55,8 +55,9 @@ def test_default_simulate_on_a_module_problem_records_on_the_auto_schedule(digit
     sde = ss.sde_model(digits, ss.SAM(0.1, 0.05), order=1)
     sol = ss.simulate(sde, digits.x_init, t1=2.0, dt=0.05, n_paths=4)
     r = sol.info["record_every"]
-    assert sde.mode == "two_draw" and r == math.ceil((digits.n / 3) / (0.1 * 2 * 2 * digits.batch_size)) == 27
-    assert counter.calls == len(obs_mod.record_times(40, r)) == 3
+    assert sde.expectation_mode == "two_draw"
+    assert r == math.ceil((0.6 * digits.n) / (0.1 * 2 * 2 * digits.batch_size)) == 48
+    assert counter.calls == len(obs_mod.record_times(40, r)) == 2  # the start and the end of 40 steps
 
 
 def test_explicit_record_every_is_exactly_that_and_bit_identical(digits):

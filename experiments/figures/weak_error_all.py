@@ -18,11 +18,14 @@ def _slope_range(fits: pd.DataFrame, test_function: str, model: str) -> str:
     return f"{f.min():.2f} to {f.max():.2f}" if len(f) else "n/a"
 
 
-def _floor_note(fits: pd.DataFrame, test_function: str) -> str:
-    f = fits[(fits["test_function"] == test_function) & ~fits["fit"].isin(["wls", "ols", "exact"])]
-    if not len(f):
+def _floor_note(gaps: pd.DataFrame, test_function: str) -> str:
+    """Which (method, model) have points under the Monte-Carlo floor, read from the points themselves (the fits'
+    labels name the estimator, e.g. "corrected", and say nothing about the floor)."""
+    g = gaps[(gaps["test_function"] == test_function) & (gaps["mode"] != "exact") & gaps["under_floor"].astype(bool)]
+    if not len(g):
         return ""
-    which = ", ".join(f"{r.method} {r.model}" for r in f.itertuples())
+    which = ", ".join(f"{m} {model} at lr = {', '.join(f'{lr:g}' for lr in d['lr'])}"
+                      for (m, model), d in g.groupby(["method", "model"], sort=False))
     return f" Hollow points ({which}): under the Monte-Carlo floor, not fitted."
 
 
@@ -81,5 +84,5 @@ def weak_error(results: Path, figs: Path, test_function: str = "loss") -> Path:
                f"$\\rho={cfg['rho_coef']:g}\\sqrt{{\\eta}}$, $T={cfg['horizon']:g}$, {cfg['n_paths']} paths per Monte-Carlo "
                f"point (bars: 95% CI; SGD and USAM exact). First-order SDEs: slopes "
                f"{_slope_range(fits, test_function, 'order 1')}; the SGD SDE: {_slope_range(fits, test_function, 'order 0')} "
-               f"(½ asymptotically)." + _floor_note(fits, test_function))
+               f"(½ asymptotically)." + _floor_note(gaps, test_function))
     return pl.save(fig, figs / "weak_error.png")

@@ -146,3 +146,15 @@ def diag_quadratic() -> ss.Quadratic:
 def gen():
     """A fresh seeded CPU generator."""
     return torch.Generator().manual_seed(1234)
+
+
+# -- the weak-error demo problem (test_weak_error, test_coupling, test_weak_error_pilot; files may override) --------
+@pytest.fixture
+def quad() -> ss.Quadratic:
+    """f = ½ xᵀ diag(1, 4) x with Σ = I (the CLI demo problem)."""
+    return ss.Quadratic(torch.diag(torch.tensor([1.0, 4.0], dtype=F64)), noise_cov=1.0)
+
+
+@pytest.fixture
+def x0() -> torch.Tensor:
+    return torch.full((2,), 0.5, dtype=F64)

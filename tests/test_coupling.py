@@ -8,7 +8,6 @@ the coupling are refused with the reason.
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -23,15 +22,6 @@ import sde_sam.weak.coupling as coupling
 F64 = torch.float64
 pytestmark = pytest.mark.filterwarnings("ignore:lrs=.*a slope needs at least two")
 
-
-@pytest.fixture
-def quad() -> ss.Quadratic:
-    return ss.Quadratic(torch.diag(torch.tensor([1.0, 4.0], dtype=F64)), noise_cov=1.0)
-
-
-@pytest.fixture
-def x0() -> torch.Tensor:
-    return torch.full((2,), 0.5, dtype=F64)
 
 
 def quartic(x):

@@ -22,16 +22,6 @@ F64 = torch.float64
 pytestmark = pytest.mark.filterwarnings("ignore:lrs=.*a slope needs at least two")
 
 
-@pytest.fixture
-def quad() -> ss.Quadratic:
-    """f = ½ xᵀ diag(1, 4) x with Σ = I (the CLI demo problem)."""
-    return ss.Quadratic(torch.diag(torch.tensor([1.0, 4.0], dtype=F64)), noise_cov=1.0)
-
-
-@pytest.fixture
-def x0() -> torch.Tensor:
-    return torch.full((2,), 0.5, dtype=F64)
-
 
 def exact_study(problem, x0, **kw) -> WeakErrorStudy:
     kw.setdefault("test_functions", ["loss", "x_norm_sq"])

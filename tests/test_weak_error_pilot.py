@@ -18,15 +18,6 @@ F64 = torch.float64
 pytestmark = pytest.mark.filterwarnings("ignore:lrs=.*a slope needs at least two")
 
 
-@pytest.fixture
-def quad() -> ss.Quadratic:
-    return ss.Quadratic(torch.diag(torch.tensor([1.0, 4.0], dtype=F64)), noise_cov=1.0)
-
-
-@pytest.fixture
-def x0() -> torch.Tensor:
-    return torch.full((2,), 0.5, dtype=F64)
-
 
 MC = dict(lrs=[0.2, 0.1], horizon=0.4, n_paths=64, sde_order=[0, 1], mode="monte_carlo",
           test_functions=["loss", "x_norm_sq"])

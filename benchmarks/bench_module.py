@@ -19,8 +19,9 @@ Per configuration (model, paths in {8, 64}, float32/float64), all measured in th
   (targets <= 2.5x for order 1, <= 4x for order 2).
 
 Timings are the best of ``--repeats`` after a warm-up (the estimate least disturbed on a shared machine);
-the machine's load average is recorded at the start and the end. Memory per path (``--memory``): peak RSS
-of a child process running 64 paths minus one running 8, over 56.
+the machine's load average is recorded at the start and the end. Memory per path (``--memory``): the peak RSS
+(``VmHWM``, reset after the model and data are built) of a child process running 64 paths minus one running 8,
+over 56.
 
 Usage:
     python benchmarks/bench_module.py            # all sizes (about 10 minutes on 2 cores)
@@ -35,7 +36,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -49,6 +49,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import sde_sam as ss  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from _peak import peak_kib, reset_peak  # noqa: E402
 
 LR, RHO, BATCH = 0.05, 0.05, 32
 HIDDEN = {"mlp 2.4k": 32, "mlp 19k": 256, "mlp 77k": 1024, "mlp 307k": 4096}
@@ -171,7 +174,7 @@ def _child(kind: str, name: str, paths: int) -> None:
     torch.set_num_threads(2)
     m = model(name, torch.float32, torch.device("cpu"))
     a, t = data(name, torch.float32, torch.device("cpu"))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = reset_peak()  # after the data: the peak of the run alone (VmHWM; ru_maxrss is the parent's here)
     if kind == "loop":
         models = [copy.deepcopy(m) for _ in range(paths)]
         for _ in range(3):
@@ -183,7 +186,7 @@ def _child(kind: str, name: str, paths: int) -> None:
         else:
             sde = ss.sde_model(prob, ss.SAM(LR, RHO), order=1)
             ss.simulate(sde, prob.x_init, t1=3 * LR / 2, dt=LR / 2, n_paths=paths, progress=False)
-    print(json.dumps({"kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base}))
+    print(json.dumps({"kib": peak_kib() - base}))
 
 
 def memory_per_path(name: str) -> dict:

@@ -12,7 +12,7 @@ Sections (all in one run, results in ``benchmarks/results/sde.json``; ``make_rea
 * ``dtype``   float32 vs float64: speed and the rounding error of the same increments over many steps.
 * ``mlp``     order-1 and order-2 SAM SDEs on ss.problems.mlp(32, 256, 10) (d = 11,018) per step,
               relative to one discrete SAM step (sde_sam.discrete.step).
-* ``memory``  peak-RSS deltas (resource.getrusage maxrss) of single runs, each in a fresh subprocess.
+* ``memory``  peak-RSS deltas (VmHWM, benchmarks/_peak.py) of single runs, each in a fresh subprocess.
 
 Run:  python benchmarks/bench_sde.py            (full, < 10 min on 2 cores)
       python benchmarks/bench_sde.py --quick    (smoke run, ~2 min; results/sde_quick.json, README untouched)
@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,9 @@ import torchsde  # noqa: E402
 
 import sde_sam as ss  # noqa: E402
 from sde_sam import _engine, discrete  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from _peak import peak_kib, reset_peak  # noqa: E402
 
 DT = 1.0 / 256  # exactly representable: torchsde's float time grid then hits t1 without a sliver step
 LR, RHO, SIGMA2 = 0.05, 0.1, 0.09
@@ -508,36 +510,10 @@ def memory_child(case: dict, fastest: dict) -> dict:
         if impl == "torchsde default":
             steps = 4
     fn(small, steps)
-    base = _reset_peak()
+    base = reset_peak()
     fn(n, steps)
-    peak = _peak_kb()
+    peak = peak_kib()
     return {**case, "steps": steps, "peak_delta_mb": (peak - base) / 1024, "peak_mb": peak / 1024}
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _peak_kb() -> int:
-    """Peak RSS of this process in KiB: VmHWM, i.e. getrusage's ru_maxrss for a fresh process (ru_maxrss
-    itself is inherited across fork + exec on Linux, so a child of a large parent would report the parent's)."""
-    hwm = _status_kb("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _reset_peak() -> int:
-    """Reset the peak to the current RSS where Linux allows it (clear_refs 5); return the new baseline."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _status_kb("VmRSS") or _peak_kb()
-    except OSError:
-        return _peak_kb()
 
 
 def estimate_mb(case: dict, fastest: dict, steps: int) -> float | None:

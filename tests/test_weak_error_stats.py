@@ -200,3 +200,9 @@ def test_inconclusive_slope_is_marked(tmp_path):
     fig = st.plot()
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any("inconclusive" in s for s in labels)
+
+
+def test_normal_quantile_constant_is_scipys():
+    from scipy import stats
+
+    assert est.Z975 == float(stats.norm.ppf(0.975))  # bit for bit: CIs are unchanged by not importing scipy.stats

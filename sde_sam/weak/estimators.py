@@ -38,11 +38,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import signal, stats
 
 FLOOR = 3.0
 """A gap below ``FLOOR`` standard errors is indistinguishable from Monte-Carlo noise (MATH §5)."""
-Z975 = float(stats.norm.ppf(0.975))
+Z975 = 1.959963984540054
+"""The standard normal's 0.975 quantile, ``scipy.stats.norm.ppf(0.975)`` (a test holds it; scipy.stats is not imported
+here for it: ~0.5 s)."""
 BOOTSTRAP_DRAWS = 400
 """Draws of the parametric bootstrap behind the cross-fitted gap's SE (its own relative error: ~3.5%)."""
 BOOTSTRAP_SEED = 20_240_601
@@ -209,7 +210,9 @@ def cross_fit_se(gap_a: np.ndarray, se_a: np.ndarray, gap_b: np.ndarray, se_b: n
     target = np.sign(full) * np.maximum(np.abs(full) - shrink * 0.5 * s, 0.0)
     z = np.random.default_rng(BOOTSTRAP_SEED).standard_normal((2, draws, k))
     z[..., 0] /= math.sqrt(1.0 - r * r)  # a stationary start
-    e = signal.lfilter([math.sqrt(1.0 - r * r)], [1.0, -r], z, axis=-1)  # AR(1), unit variance
+    from scipy.signal import lfilter  # here, not at import: scipy.signal takes ~1 s to import
+
+    e = lfilter([math.sqrt(1.0 - r * r)], [1.0, -r], z, axis=-1)  # AR(1), unit variance
     return float(_cross_fit(target + e[0] * se_a, target + e[1] * se_b, target).std(ddof=1))
 
 

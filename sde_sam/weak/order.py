@@ -26,7 +26,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .estimators import Z975, fit_wls
 
@@ -79,8 +78,10 @@ def pre_asymptotic(x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> tuple[boo
     dof = len(x) - 2
     if dof < 1:
         return False, math.nan
+    from scipy.stats import chi2 as chi2_law  # here, not at import: scipy.stats takes ~0.5 s to import
+
     chi2 = fit_with_corrections(x, y, sigma, 0)["chi2"]
-    return bool(stats.chi2.sf(chi2, dof) < PRE_ASYMPTOTIC_P), chi2 / dof
+    return bool(chi2_law.sf(chi2, dof) < PRE_ASYMPTOTIC_P), chi2 / dof
 
 
 def fit_order(x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> dict:

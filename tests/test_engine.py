@@ -334,3 +334,63 @@ def test_trajectory_without_reasons_marks_them_unknown():
     with pytest.raises(ValueError, match=r"`diverged_reason` must have one entry per path \(2\), got 1"):
         ss.Trajectory(times=torch.zeros(1), values={}, x_final=torch.zeros(2, 1), diverged=torch.zeros(2, dtype=bool),
                       diverged_at=torch.zeros(2), diverged_reason=[""])
+
+
+
+@pytest.mark.parametrize("method, drawn", [(ss.SAM(0.05, 0.1), False), (ss.EigenSAM(0.05, 0.1, alpha=0.5), True)],
+                         ids=["SAM", "Eigen-SAM"])
+@pytest.mark.parametrize("kind", ["run", "sde"])
+def test_initial_gaussians_are_drawn_only_for_stateful_methods(monkeypatch, method, drawn, kind):
+    """A stateful method's initial state (Eigen-SAM's vector) comes from an (n, d) Gaussian of its own stream
+    (stream 1); a stateless method draws none: on a large model that draw cost more than a step."""
+    prob = ss.problems.teacher_student(n=16, d_in=2, width=3, batch_size=4)
+    init_draws = []
+    make, draw = streams.PathStreams.__init__, streams.PathStreams.draw
+
+    def spy_make(self, *args, stream=0, **kwargs):
+        make(self, *args, stream=stream, **kwargs)
+        self.spy_stream = stream
+
+    def spy_draw(self, *args):
+        if self.spy_stream == 1:
+            init_draws.append(args)
+        return draw(self, *args)
+
+    monkeypatch.setattr(streams.PathStreams, "__init__", spy_make)
+    monkeypatch.setattr(streams.PathStreams, "draw", spy_draw)
+    if kind == "run":
+        out = ss.run(prob, method, prob.x_init, steps=3, n_paths=5, seed=2, progress=False)
+    else:
+        out = ss.simulate(ss.sde_model(prob, method, order=1), prob.x_init, t1=0.1, dt=0.025, n_paths=5, seed=2,
+                          progress=False)
+    assert torch.isfinite(out.x_final).all()
+    assert len(init_draws) == (1 if drawn else 0)
+
+
+def test_auto_chunks_fit_the_cache_and_change_no_number(monkeypatch):
+    """``chunk_size=None`` on the CPU: cache-sized chunks (:func:`_engine.auto_chunk`) once the paths' state
+    outgrows :data:`_engine.CACHE_SHARE` of the last-level cache; results are those of one chunk, bit for bit."""
+    cpu = torch.device("cpu")
+    llc = _engine._last_level_cache_bytes()
+    assert llc >= 2**20
+    fits = int(_engine.CACHE_SHARE * llc) // (8 * 10_000)  # paths of d = 10,000 in float64 that fit
+    assert _engine.auto_chunk(fits, 10_000, 8, cpu, draw_numel=32) is None
+    chunk = _engine.auto_chunk(3 * fits, 10_000, 8, cpu, draw_numel=32)
+    assert chunk is not None and chunk * 10_000 * 8 <= _engine.CACHE_SHARE * llc and chunk >= 3 * fits / 4
+    assert _engine.auto_chunk(3 * fits, 10_000, 8, torch.device("meta"), draw_numel=32) is None  # not a CPU
+    assert _engine.auto_chunk(3 * fits, 10_000, 8, cpu, draw_numel=10_000) is None  # Gaussian noise: a draw is d
+
+    prob = ss.problems.teacher_student(n=32, d_in=4, width=16, batch_size=4)  # d = 97, draws of 4 indices
+    parts = []
+    exact_chunks = streams.exact_chunks
+    monkeypatch.setattr(streams, "exact_chunks", lambda n, c: parts.append(c) or exact_chunks(n, c))
+    monkeypatch.setattr(_engine, "_last_level_cache_bytes", lambda: 40 * prob.d * 8)  # 24 paths' state
+    for go in (lambda c: ss.run(prob, ss.SAM(0.05, 0.1), prob.x_init, steps=4, n_paths=100, seed=1, chunk_size=c,
+                                progress=False),
+               lambda c: ss.simulate(ss.sde_model(prob, ss.SAM(0.05, 0.1), order=1), prob.x_init, t1=0.1, dt=0.025,
+                                     n_paths=100, seed=1, chunk_size=c, progress=False)):
+        parts.clear()
+        auto, whole = go(None), go(100)
+        assert parts == [20, 100]  # 100 paths in 5 chunks of 20 (<= 24), then the one chunk asked for
+        assert torch.equal(auto.x_final, whole.x_final)
+        assert all(torch.equal(auto.values[k], whole.values[k]) for k in whole.values)

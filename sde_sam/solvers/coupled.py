@@ -94,7 +94,7 @@ class Coupled(Solver):
         traj = _engine.drive(torch.cat([x, x], dim=-1), steps=steps // r, record_every=record_every // r,
                              observables=obs, seed=seed, chunk_size=None, max_norm=math.inf, progress=progress,
                              sampler=_placeholder(x), step=self._window(sde, r, seed), init=lambda z, g: None,
-                             dt=sde.lr, info=info)
+                             init_gauss=False, dt=sde.lr, info=info)
         values = {k: v for k, v in traj.values.items() if k != "_max_norm"}
         reasons = ["max_norm" if w == "observable:_max_norm" else w for w in traj.diverged_reason]
         return dataclasses.replace(traj, values=values, x_final=traj.x_final[:, d:], diverged_reason=reasons)

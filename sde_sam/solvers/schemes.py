@@ -79,11 +79,14 @@ class Solver:
         if sde.friction is not None:
             d = x.shape[-1]
             observables = {name: _Part(fn, 0, d) for name, fn in observables.items()}
-            init = lambda z, gauss: sde.init_state(sde.position(z), gauss[..., :d])  # noqa: E731
+
+            def init(z: Tensor, gauss: Tensor | None):
+                return sde.init_state(sde.position(z), None if gauss is None else gauss[..., :d])
         traj = _engine.drive(sde.lift(x), steps=steps, record_every=record_every, observables=observables, seed=seed,
-                             chunk_size=chunk_size, max_norm=max_norm, progress=progress,
+                             chunk_size="auto" if chunk_size is None else chunk_size, max_norm=max_norm,
+                             progress=progress,
                              sampler=self.sampler(sde, increments), step=self.scheduled_step(sde, dt), init=init,
-                             dt=dt, info=info)
+                             init_gauss=sde.method.uses_eigenvector, dt=dt, info=info)
         return traj if sde.friction is None else dataclasses.replace(traj, x_final=sde.position(traj.x_final))
 
 

@@ -29,14 +29,12 @@ work is projected to take more than :data:`PROGRESS_AFTER_S` seconds.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -55,11 +53,6 @@ value returned with the stochastic gradient): the ``"batch_loss"`` observable re
 
 PROGRESS_AFTER_S = 10.0
 """Default progress bar: shown once the projected run time exceeds this many seconds."""
-
-CACHE_SHARE = 0.6
-"""``chunk_size="auto"`` on the CPU: one chunk's ``(paths, d)`` state is at most this share of the last-level
-cache (measured, 2 cores, 32 MiB L3: a SAM step of 64 paths of a 307k-parameter MLP in float32 took 654 ms in one
-chunk of 79 MB and 243 ms in chunks of 20 MB; of a 77k one in float64, 259 and 149 ms; ``benchmarks/README.md``)."""
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 _POOL_LOCK = threading.Lock()
@@ -111,32 +104,6 @@ def _pool() -> ThreadPoolExecutor | None:
                     torch.set_num_threads(workers)  # (... which is restored here, once every worker is set)
             _POOL = (os.getpid(), workers, pool)
         return _POOL[2]
-
-
-@functools.cache
-def _last_level_cache_bytes() -> int:
-    """The largest CPU cache reported by Linux's sysfs (the last level), else 32 MiB."""
-    sizes = []
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            text = (index / "size").read_text().strip()
-        except OSError:
-            continue
-        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
-        digits = text[:-1] if unit > 1 else text
-        if digits.isdigit():
-            sizes.append(int(digits) * unit)
-    return max(sizes, default=32 * 2**20)
-
-
-def auto_chunk(n_paths: int, d: int, itemsize: int, device: torch.device, draw_numel: int) -> int | None:
-    """``chunk_size="auto"``: paths per chunk so that a chunk's ``(paths, d)`` state fits :data:`CACHE_SHARE` of
-    the CPU's last-level cache, in equal chunks; ``None`` (one chunk) when it already does, on a GPU, or when a
-    path's draw is not small against ``d`` (a chunk inside a random-stream block draws the whole block)."""
-    if device.type != "cpu" or 8 * draw_numel > d:
-        return None
-    k = math.ceil(n_paths * d * itemsize / (CACHE_SHARE * _last_level_cache_bytes()))
-    return None if k <= 1 else math.ceil(n_paths / k)
 
 
 def _layout(sampler: streams.Sampler, device: torch.device):
@@ -354,20 +321,21 @@ def drive(x_all: Tensor, *, steps: int, record_every: "int | str", observables: 
           chunk_size: int | None, max_norm: float, progress: bool | None, sampler: streams.Sampler,
           step: Step, init: Callable[[Tensor, Tensor], Any], dt: float, info: dict,
           draws: "Tensor | tuple[Tensor, ...] | None" = None, keep_draws: bool = False,
-          step_cost: float | None = None, init_gauss: bool = True) -> Trajectory:
+          step_cost: float | None = None, init_gauss: bool = True, rows_per_path: int = 1) -> Trajectory:
     """Advance every path ``steps`` times and record observables at ``t = k * dt``.
 
     Args:
         x_all: ``(n_paths, d)`` initial states.
         record_every: Steps between recordings, or ``"auto"``: :func:`observables.auto_record_every` from the
             observables' costs and ``step_cost``. The interval used is ``info["record_every"]``.
-        chunk_size: Paths per chunk, any positive size (``None``: one chunk; ``"auto"``: :func:`auto_chunk`);
+        chunk_size: Paths per chunk, any positive size (``None``: one chunk; ``"auto"``: :func:`streams.auto_chunk`);
             results do not depend on it.
         sampler: Draws one step's randomness for a block of paths (see :class:`streams.PathStreams`).
         init: ``init(x_chunk, gaussian (n, d)) -> state`` for stateful methods (e.g. Eigen-SAM's vector).
         init_gauss: Whether ``init`` uses its Gaussian; ``False``: it gets ``None`` and none is drawn (its own
             stream, so the steps' numbers are the same either way; an ``(n, d)`` draw costs more than a step of
             a large model).
+        rows_per_path: Rows a step evaluates per path (e.g. 2 for the two-draw scheme), for ``"auto"`` chunks.
         dt: Time per step (``lr`` for discrete runs, the solver step for SDEs).
         draws: A draw sequence to replay instead of generating one: what ``sampler`` makes, with leading
             dims ``(steps, n_paths)`` (a tensor, or a tuple of tensors when the sampler returns a tuple), on
@@ -398,7 +366,8 @@ def drive(x_all: Tensor, *, steps: int, record_every: "int | str", observables: 
     kept = tuple(torch.empty(steps, n, *shape, dtype=dtype) for shape, dtype in layout) if keep_draws else None
     block = _steps_per_draw(layout)
     if chunk_size == "auto":
-        chunk_size = auto_chunk(n, d, x_all.element_size(), device, sum(math.prod(s) for s, _ in layout))
+        chunk_size = streams.auto_chunk(n, d * rows_per_path, x_all.element_size(), device,
+                                sum(math.prod(s) for s, _ in layout))
     parts = streams.exact_chunks(n, chunk_size)
     bar = _Progress(steps * len(parts), progress, info.get("kind", "run"))
 

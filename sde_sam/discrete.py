@@ -188,7 +188,7 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
         observables: Names (``"loss"``, ``"grad_norm"``, ``"x_norm"``, ``"lambda_max"``) or callables.
         chunk_size: Paths per chunk, any positive size, for memory; ``None``: all at once, except on the CPU
             when the paths' ``(n_paths, d)`` state outgrows the cache (then cache-sized chunks,
-            :func:`sde_sam._engine.auto_chunk`: 1.7-2.7x faster at d >= 77k).
+            :func:`sde_sam.streams.auto_chunk`: 1.7-2.7x faster at d >= 77k).
         max_norm: A path whose ``||x||`` exceeds this is flagged diverged (non-finite paths always are).
         progress: Show a progress bar with an ETA (``None``: on a terminal or in a notebook, once the run is
             projected to take more than 10 s).

@@ -368,29 +368,30 @@ def test_initial_gaussians_are_drawn_only_for_stateful_methods(monkeypatch, meth
 
 
 def test_auto_chunks_fit_the_cache_and_change_no_number(monkeypatch):
-    """``chunk_size=None`` on the CPU: cache-sized chunks (:func:`_engine.auto_chunk`) once the paths' state
-    outgrows :data:`_engine.CACHE_SHARE` of the last-level cache; results are those of one chunk, bit for bit."""
+    """``chunk_size=None`` on the CPU: cache-sized chunks (:func:`streams.auto_chunk`) once the paths' state
+    outgrows :data:`streams.CACHE_SHARE` of the last-level cache; results are those of one chunk, bit for bit."""
     cpu = torch.device("cpu")
-    llc = _engine._last_level_cache_bytes()
+    llc = streams._last_level_cache_bytes()
     assert llc >= 2**20
-    fits = int(_engine.CACHE_SHARE * llc) // (8 * 10_000)  # paths of d = 10,000 in float64 that fit
-    assert _engine.auto_chunk(fits, 10_000, 8, cpu, draw_numel=32) is None
-    chunk = _engine.auto_chunk(3 * fits, 10_000, 8, cpu, draw_numel=32)
-    assert chunk is not None and chunk * 10_000 * 8 <= _engine.CACHE_SHARE * llc and chunk >= 3 * fits / 4
-    assert _engine.auto_chunk(3 * fits, 10_000, 8, torch.device("meta"), draw_numel=32) is None  # not a CPU
-    assert _engine.auto_chunk(3 * fits, 10_000, 8, cpu, draw_numel=10_000) is None  # Gaussian noise: a draw is d
+    fits = int(streams.CACHE_SHARE * llc) // (8 * 10_000)  # paths of d = 10,000 in float64 that fit
+    assert streams.auto_chunk(fits, 10_000, 8, cpu, draw_numel=32) is None
+    chunk = streams.auto_chunk(3 * fits, 10_000, 8, cpu, draw_numel=32)
+    assert chunk is not None and chunk * 10_000 * 8 <= streams.CACHE_SHARE * llc and chunk >= 3 * fits / 4
+    assert streams.auto_chunk(3 * fits, 10_000, 8, torch.device("meta"), draw_numel=32) is None  # not a CPU
+    assert streams.auto_chunk(3 * fits, 10_000, 8, cpu, draw_numel=10_000) is None  # Gaussian noise: a draw is d
 
     prob = ss.problems.teacher_student(n=32, d_in=4, width=16, batch_size=4)  # d = 97, draws of 4 indices
     parts = []
     exact_chunks = streams.exact_chunks
     monkeypatch.setattr(streams, "exact_chunks", lambda n, c: parts.append(c) or exact_chunks(n, c))
-    monkeypatch.setattr(_engine, "_last_level_cache_bytes", lambda: 40 * prob.d * 8)  # 24 paths' state
-    for go in (lambda c: ss.run(prob, ss.SAM(0.05, 0.1), prob.x_init, steps=4, n_paths=100, seed=1, chunk_size=c,
-                                progress=False),
-               lambda c: ss.simulate(ss.sde_model(prob, ss.SAM(0.05, 0.1), order=1), prob.x_init, t1=0.1, dt=0.025,
-                                     n_paths=100, seed=1, chunk_size=c, progress=False)):
+    monkeypatch.setattr(streams, "_last_level_cache_bytes", lambda: 40 * prob.d * 8)  # 24 paths' state
+    # 100 paths in 5 chunks of 20 (<= 24 paths' state); the two-draw scheme evaluates 2 rows a path: 9 of 12
+    for chunk, go in ((20, lambda c: ss.run(prob, ss.SAM(0.05, 0.1), prob.x_init, steps=4, n_paths=100, seed=1,
+                                            chunk_size=c, progress=False)),
+                      (12, lambda c: ss.simulate(ss.sde_model(prob, ss.SAM(0.05, 0.1), order=1), prob.x_init,
+                                                 t1=0.1, dt=0.025, n_paths=100, seed=1, chunk_size=c, progress=False))):
         parts.clear()
         auto, whole = go(None), go(100)
-        assert parts == [20, 100]  # 100 paths in 5 chunks of 20 (<= 24), then the one chunk asked for
+        assert parts == [chunk, 100]  # then the one chunk asked for
         assert torch.equal(auto.x_final, whole.x_final)
         assert all(torch.equal(auto.values[k], whole.values[k]) for k in whole.values)

@@ -72,7 +72,7 @@ def simulate(sde: SDEModel, x0: Tensor, *, t1: float, dt: float, n_paths: int | 
         observables: Names (``"loss"``, ``"grad_norm"``, ``"x_norm"``, ``"lambda_max"``) or callables, of the
             parameters :math:`X` (also in phase space).
         chunk_size: Paths per chunk, any positive size, for memory; ``None``: all at once, except on the CPU
-            when the paths' state outgrows the cache (:func:`sde_sam._engine.auto_chunk`).
+            when the paths' state outgrows the cache (:func:`sde_sam.streams.auto_chunk`).
         max_norm: Paths whose state norm exceeds this are flagged diverged (non-finite ones always are).
         progress: Progress bar with an ETA (``None``: on a terminal or in a notebook, once the run is
             projected to take more than 10 s).

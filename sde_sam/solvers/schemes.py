@@ -67,6 +67,10 @@ class Solver:
         base = obs_mod.step_cost(sde.problem, sde.method)
         return None if base is None else float(max(base, getattr(sde.problem, "n", 0) or 0))
 
+    def rows_per_path(self, sde: SDEModel) -> int:
+        """Rows of parameters a step evaluates per path (for the engine's cache-sized chunks)."""
+        return 1
+
     def record_unit(self, sde: SDEModel, dt: float) -> int:
         """Solver steps per engine step (``record_every`` counts solver steps and must be a multiple)."""
         return 1
@@ -86,7 +90,8 @@ class Solver:
                              chunk_size="auto" if chunk_size is None else chunk_size, max_norm=max_norm,
                              progress=progress,
                              sampler=self.sampler(sde, increments), step=self.scheduled_step(sde, dt), init=init,
-                             init_gauss=sde.method.uses_eigenvector, dt=dt, info=info)
+                             init_gauss=sde.method.uses_eigenvector, rows_per_path=self.rows_per_path(sde), dt=dt,
+                             info=info)
         return traj if sde.friction is None else dataclasses.replace(traj, x_final=sde.position(traj.x_final))
 
 
@@ -127,6 +132,9 @@ class EulerMaruyama(Solver):
             return x_next, sde.update_state(sde.position(x_next), v), None
 
         return step
+
+    def rows_per_path(self, sde: SDEModel) -> int:
+        return (sde.n_draws or 1) if sde.stateless_mode == "sampled" else 1
 
     def step_cost(self, sde: SDEModel) -> float | None:
         base = obs_mod.step_cost(sde.problem, sde.method)
@@ -222,6 +230,9 @@ class TwoDraw(Solver):
             return x_next, sde.update_state(sde.position(x_next), v), None
 
         return step
+
+    def rows_per_path(self, sde: SDEModel) -> int:
+        return 2
 
     def step_cost(self, sde: SDEModel) -> float | None:
         base = obs_mod.step_cost(sde.problem, sde.method)

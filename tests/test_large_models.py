@@ -213,13 +213,16 @@ _PEAK = textwrap.dedent("""
     # a fresh CI install, hiding every difference), so reset VmHWM here (Linux: clear_refs 5) and read it after.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+    # The loss recorded in groups of up to 2**14 path-samples (the default groups fewer paths on a CPU, to fit the
+    # cache): a chunk's recording then holds all its paths' activations, the memory chunk_size has to bound.
+    loss = ss.observables.loss(chunk=2**14)
     if kind == "run":
-        traj = ss.run(prob, method, prob.x_init, steps=2, observables=("loss",), **kw)
+        traj = ss.run(prob, method, prob.x_init, steps=2, observables=(loss,), **kw)
     elif kind == "lambda_max":
         traj = ss.run(prob, method, prob.x_init, steps=1, observables=("lambda_max",), **kw)
     else:
         traj = ss.simulate(ss.sde_model(prob, method, order=int(kind[-1])), prob.x_init, t1=0.05, dt=0.025,
-                           observables=("loss",), **kw)
+                           observables=(loss,), **kw)
     assert not bool(traj.diverged.any())
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     print(json.dumps({"peak_kib": hwm, "d": prob.d}))

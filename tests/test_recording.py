@@ -140,6 +140,24 @@ def test_full_batch_observables_in_path_groups_are_bit_identical(digits):
     assert torch.equal(obs_mod.grad_norm(chunk=small)(digits)(x), want)
 
 
+def test_default_groups_fit_the_cache_and_give_the_same_values(monkeypatch):
+    """On a CPU the default groups hold at most as many paths as keep their activations within
+    ``streams.CACHE_SHARE`` of the last-level cache; activations per sample come from the loss's saved tensors
+    (16 more hidden units: whole float64 vectors of 16 more); every path's value is the one of any other grouping."""
+    narrow, wide = (ss.problems.digits_mlp(256, hidden=h, batch_size=8) for h in (16, 32))
+    a_narrow, a_wide = obs_mod.activation_bytes(narrow), obs_mod.activation_bytes(wide)
+    assert a_narrow >= 64 * 8 and a_wide > a_narrow and (a_wide - a_narrow) % (16 * 8) == 0, (a_narrow, a_wide)
+    assert obs_mod.activation_bytes(ss.Quadratic(torch.eye(2, dtype=F64))) is None
+    x = wide.x_init + 0.1 * torch.randn(40, wide.d, dtype=F64, generator=torch.Generator().manual_seed(0))
+    budget = streams.CACHE_SHARE * streams._last_level_cache_bytes()
+    assert obs_mod._Loss(wide).rows == max(1, min(obs_mod.EVAL_CHUNK // wide.n, int(budget // (wide.n * a_wide))))
+    monkeypatch.setattr(streams, "_last_level_cache_bytes", lambda: 10 * wide.n * a_wide / streams.CACHE_SHARE)
+    for make in (obs_mod._Loss, obs_mod._GradNorm):
+        fitted, one_call = make(wide), make(wide, chunk=40 * wide.n)
+        assert fitted.rows == 10 and one_call.rows == 40
+        assert torch.equal(fitted(x), one_call(x))
+
+
 @pytest.mark.slow
 def test_full_batch_observables_in_sample_chunks_agree(digits):
     x = digits.x_init + 0.01 * torch.randn(3, digits.d, generator=torch.Generator().manual_seed(1), dtype=F64)

@@ -150,15 +150,14 @@ def module_lines(path: Path) -> list[str]:
     return L
 
 
-GPU_COMMAND = ("timeout 600 sh -c 'python -m pytest -q -rs tests/test_cuda.py; python benchmarks/bench_gpu.py && "
-               "python benchmarks/make_readme.py'")
+GPU_COMMAND = "timeout 600 sh -c 'python -m pytest -q -rs tests/test_cuda.py; python benchmarks/bench_gpu.py'"
 
 
 def gpu_lines(path: Path) -> list[str]:
     """The section of bench_gpu.py, or a note that it has not been run on a GPU yet."""
     L = ["## GPU throughput (bench_gpu.py)\n"]
     L.append("One command, on one CUDA GPU, runs the CUDA tests (module problems included) and the GPU benchmark "
-             "(under 10 minutes), prints the tables and rewrites this README with them:\n")
+             "(under 10 minutes) and prints the tables (copy them into this README by hand; regenerating it drops hand-written sections):\n")
     L.append(f"```\n{GPU_COMMAND}\n```\n")
     L.append("Without CUDA both exit cleanly (the tests skip, the benchmark says so and exits 0).\n")
     if not path.exists():

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 import sde_sam as ss
 from sde_sam import theory

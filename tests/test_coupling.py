@@ -32,14 +32,14 @@ def em_means(problem, method, x0, table: pd.DataFrame, dt_ratio: int = 10) -> pd
     """Exact E φ under Euler–Maruyama (dt = lr/dt_ratio) of each row's OU model, momentum scaling included."""
     H, x, out = problem.H.numpy(), x0.numpy(), pd.Series(np.nan, index=table.index)
     s = 1.0 / (1.0 - method.momentum)
-    for (lr, rho, model), rows in table.groupby(["lr", "rho", "model"]):
+    for (lr, rho, model), group in table.groupby(["lr", "rho", "model"]):
         A, Q = wem._linear_model(problem, rho, 0 if model == "order 0" else 1, "factor")
         A, Q = s * A, s**2 * Q
-        ks = [int(round(t / lr * dt_ratio)) for t in sorted(rows["time"].unique())]
+        ks = [int(round(t / lr * dt_ratio)) for t in sorted(group["time"].unique())]
         dt = lr / dt_ratio
         ms, Cs = wem._linear_recursion(np.eye(len(x)) - dt * A, dt * lr * Q, x, ks)
         vals = wem._quad_expectations(["loss", "x_norm_sq"], H, ms, Cs)
-        for tf, g in rows.groupby("test_function"):
+        for tf, g in group.groupby("test_function"):
             out[g.index] = vals[tf]
     return out
 

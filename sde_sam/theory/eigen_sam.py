@@ -1,10 +1,8 @@
 r"""Eigen-SAM geometry (MATH §2, §7)."""
 from __future__ import annotations
 
-import numpy as np
-import torch
 
-from ._backend import ArrayLike, _backend, _check, _finite, _lr, _nonneg, _out, _quiet, _rho
+from ._backend import ArrayLike, _backend, _check, _out, _rho
 
 
 # -- Eigen-SAM ---------------------------------------------------------------------------------------

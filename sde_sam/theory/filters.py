@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._backend import ArrayLike, _backend, _check, _finite, _lr, _nonneg, _out, _quiet, _rho
+from ._backend import ArrayLike, _backend, _check, _finite, _lr, _out, _rho
 
 
 # -- eigenvalue filters at convergence ---------------------------------------------------------------

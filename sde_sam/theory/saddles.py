@@ -1,10 +1,8 @@
 r"""Saddle criteria of USAM, SAM and DNSAM on :math:`f=\frac12x^\top Hx` (MATH §7)."""
 from __future__ import annotations
 
-import numpy as np
-import torch
 
-from ._backend import ArrayLike, _backend, _check, _finite, _lr, _nonneg, _out, _quiet, _rho
+from ._backend import ArrayLike, _backend, _check, _finite, _lr, _nonneg, _out, _rho
 
 
 # -- saddles (f = ½ xᵀHx with some λ < 0) ------------------------------------------------------------

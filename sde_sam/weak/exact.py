@@ -124,7 +124,7 @@ def _discrete_system(A: np.ndarray, Q: np.ndarray, lr: float, beta: float, neste
     heavy ball :math:`u' = \beta u + Ax + PZ`, :math:`x' = x - \eta u'`; Nesterov
     :math:`x' = x - \eta((1+\beta)(Ax + PZ) + \beta^2 u)` (MATH §2.1, §3.5).
     """
-    d, eye = len(A), np.eye(len(A))
+    eye = np.eye(len(A))
     if beta == 0.0:
         return eye - lr * A, lr**2 * Q
     c = lr * (1 + beta) if nesterov else lr  # how much of G enters x'

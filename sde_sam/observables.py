@@ -117,30 +117,34 @@ def _sample_parts(problem: Problem, chunk: int) -> list[tuple[float, Problem]] |
 def activation_bytes(problem: Problem) -> int | None:
     """Bytes the loss keeps for its backward pass per sample of a finite sum (its activations): the tensors
     that ``torch.autograd.graph.saved_tensors_hooks`` sees in the loss of two samples less those of one (the
-    parameters are saved once either way); ``None`` for other problems."""
+    parameters are saved once either way); ``None`` for other problems, or where the loss cannot be evaluated
+    on its first samples at ``x_init`` (else zeros)."""
     from .problems.finite_sum import FiniteSum
 
     if not isinstance(problem, FiniteSum) or problem.n < 2:
         return None
     data = (problem.data,) if isinstance(problem.data, Tensor) else problem.data
+    x0 = getattr(problem, "x_init", None)
+    if isinstance(x0, Tensor) and x0.shape == (problem.d,):
+        x = x0.detach()[None].clone().requires_grad_(True)
+    else:
+        x = torch.zeros(1, problem.d, dtype=problem.dtype, device=problem.device, requires_grad=True)
     sizes = []
     for m in (1, 2):
-        piece = tuple(t[:m] for t in data)
-        part = FiniteSum(problem.loss_fn, piece[0] if isinstance(problem.data, Tensor) else piece, batch_size=1,
-                         d=problem.d)
-        x = torch.zeros(1, problem.d, dtype=data[0].dtype if data[0].is_floating_point() else torch.get_default_dtype(),
-                        device=data[0].device, requires_grad=True)
-        x0 = getattr(problem, "x_init", None)
-        if isinstance(x0, Tensor) and x0.shape == (problem.d,):
-            x = x0.detach()[None].clone().requires_grad_(True)
         saved = [0]
 
         def pack(t: Tensor) -> Tensor:
             saved[0] += t.numel() * t.element_size()
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            part.loss(x)
+        try:
+            piece = tuple(t[:m] for t in data)
+            part = FiniteSum(problem.loss_fn, piece[0] if isinstance(problem.data, Tensor) else piece, batch_size=1,
+                             d=problem.d)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                part.loss(x)
+        except Exception:  # a loss that cannot run here: the default groups
+            return None
         sizes.append(saved[0])
     return max(sizes[1] - sizes[0], 0) or None
 

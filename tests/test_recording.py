@@ -148,6 +148,14 @@ def test_default_groups_fit_the_cache_and_give_the_same_values(monkeypatch):
     a_narrow, a_wide = obs_mod.activation_bytes(narrow), obs_mod.activation_bytes(wide)
     assert a_narrow >= 64 * 8 and a_wide > a_narrow and (a_wide - a_narrow) % (16 * 8) == 0, (a_narrow, a_wide)
     assert obs_mod.activation_bytes(ss.Quadratic(torch.eye(2, dtype=F64))) is None
+
+    def picky(x, s):  # a loss that cannot be evaluated at the trial point: the default groups, no error
+        if bool((x == 0).all()):
+            raise RuntimeError("not at zero")
+        return ((x[0] - s) ** 2).sum()
+
+    fussy = ss.FiniteSum(picky, torch.arange(8.0, dtype=F64), d=2)
+    assert obs_mod.activation_bytes(fussy) is None and obs_mod._Loss(fussy).rows == obs_mod.EVAL_CHUNK // 8
     x = wide.x_init + 0.1 * torch.randn(40, wide.d, dtype=F64, generator=torch.Generator().manual_seed(0))
     budget = streams.CACHE_SHARE * streams._last_level_cache_bytes()
     assert obs_mod._Loss(wide).rows == max(1, min(obs_mod.EVAL_CHUNK // wide.n, int(budget // (wide.n * a_wide))))

@@ -367,7 +367,7 @@ def drive(x_all: Tensor, *, steps: int, record_every: "int | str", observables: 
     block = _steps_per_draw(layout)
     if chunk_size == "auto":
         chunk_size = streams.auto_chunk(n, d * rows_per_path, x_all.element_size(), device,
-                                sum(math.prod(s) for s, _ in layout))
+                                        sum(math.prod(s) for s, _ in layout))
     parts = streams.exact_chunks(n, chunk_size)
     bar = _Progress(steps * len(parts), progress, info.get("kind", "run"))
 

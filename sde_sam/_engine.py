@@ -328,14 +328,14 @@ def drive(x_all: Tensor, *, steps: int, record_every: "int | str", observables: 
         x_all: ``(n_paths, d)`` initial states.
         record_every: Steps between recordings, or ``"auto"``: :func:`observables.auto_record_every` from the
             observables' costs and ``step_cost``. The interval used is ``info["record_every"]``.
-        chunk_size: Paths per chunk, any positive size (``None``: one chunk; ``"auto"``: :func:`streams.auto_chunk`);
-            results do not depend on it.
+        chunk_size: Paths per chunk, any positive size; ``None``: :func:`streams.auto_chunk` (one chunk unless, on
+            a CPU, the state outgrows the cache). Results do not depend on it.
         sampler: Draws one step's randomness for a block of paths (see :class:`streams.PathStreams`).
         init: ``init(x_chunk, gaussian (n, d)) -> state`` for stateful methods (e.g. Eigen-SAM's vector).
         init_gauss: Whether ``init`` uses its Gaussian; ``False``: it gets ``None`` and none is drawn (its own
             stream, so the steps' numbers are the same either way; an ``(n, d)`` draw costs more than a step of
             a large model).
-        rows_per_path: Rows a step evaluates per path (e.g. 2 for the two-draw scheme), for ``"auto"`` chunks.
+        rows_per_path: Rows a step evaluates per path (e.g. 2 for the two-draw scheme), for the automatic chunks.
         dt: Time per step (``lr`` for discrete runs, the solver step for SDEs).
         draws: A draw sequence to replay instead of generating one: what ``sampler`` makes, with leading
             dims ``(steps, n_paths)`` (a tensor, or a tuple of tensors when the sampler returns a tuple), on
@@ -365,7 +365,7 @@ def drive(x_all: Tensor, *, steps: int, record_every: "int | str", observables: 
     given = None if draws is None else _given_draws(draws, layout, as_tuple, steps, n)
     kept = tuple(torch.empty(steps, n, *shape, dtype=dtype) for shape, dtype in layout) if keep_draws else None
     block = _steps_per_draw(layout)
-    if chunk_size == "auto":
+    if chunk_size is None:
         chunk_size = streams.auto_chunk(n, d * rows_per_path, x_all.element_size(), device,
                                         sum(math.prod(s) for s, _ in layout))
     parts = streams.exact_chunks(n, chunk_size)

@@ -244,6 +244,6 @@ def run(problem: Problem, method: Method, x0: Tensor, *, steps: int, n_paths: in
     if draws is not None or keep_draws:  # the engine's replay interface (sde_sam._engine.drive)
         replay = {"draws": draws, "keep_draws": keep_draws}
     return _engine.drive(x, steps=steps, record_every=record_every, observables=obs,
-                         seed=streams.resolve_seed(seed), chunk_size="auto" if chunk_size is None else chunk_size,
+                         seed=streams.resolve_seed(seed), chunk_size=chunk_size,
                          max_norm=max_norm, progress=progress, sampler=problem.sample_draws, step=advance, init=init,
                          init_gauss=method.uses_eigenvector and v_given is None, dt=method.lr, info=info, **replay)

@@ -171,8 +171,7 @@ class FullBatch:
         if fit_cache and self.rows is not None and self.parts is None:
             act = activation_bytes(problem)
             if act:
-                budget = streams.CACHE_SHARE * streams._last_level_cache_bytes()
-                self.rows = max(1, min(self.rows, int(budget // (self.n * act))))
+                self.rows = max(1, min(self.rows, int(streams.cache_budget() // (self.n * act))))
 
     @property
     def cost(self) -> float:

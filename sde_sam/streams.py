@@ -112,7 +112,7 @@ def exact_chunks(n_paths: int, chunk_size: int | None) -> list[tuple[int, int]]:
 
 
 CACHE_SHARE = 0.6
-"""``chunk_size="auto"`` on the CPU: one chunk's ``(paths, d)`` state is at most this share of the last-level
+"""Automatic chunks on the CPU: one chunk's ``(paths, d)`` state is at most this share of the last-level
 cache (measured, 2 cores, 32 MiB L3: a SAM step of 64 paths of a 307k-parameter MLP in float32 took 654 ms in one
 chunk of 79 MB and 243 ms in chunks of 20 MB; of a 77k one in float64, 259 and 149 ms; ``benchmarks/README.md``)."""
 
@@ -133,15 +133,20 @@ def _last_level_cache_bytes() -> int:
     return max(sizes, default=32 * 2**20)
 
 
+def cache_budget() -> float:
+    """Bytes a chunk's working set may take: :data:`CACHE_SHARE` of the last-level cache."""
+    return CACHE_SHARE * _last_level_cache_bytes()
+
+
 def auto_chunk(n_paths: int, d: int, itemsize: int, device: torch.device, draw_numel: int) -> int | None:
-    """``chunk_size="auto"``: paths per chunk so that a chunk's ``(paths, d)`` state fits :data:`CACHE_SHARE` of
+    """Automatic ``chunk_size`` (``None``): paths per chunk so that a chunk's ``(paths, d)`` state fits :data:`CACHE_SHARE` of
     the CPU's last-level cache, in equal chunks; ``None`` (one chunk) when it already does, on a GPU, or when a
     path's draw is not small against ``d`` (a chunk inside a random-stream block draws the whole block). ``d``
     counts every row a step evaluates per path (the two-draw scheme: ``2 d``; measured on the 77k MLP in float64,
     64 paths: 421 ms per SDE step in chunks of 32, 304 ms in chunks of 16)."""
     if device.type != "cpu" or 8 * draw_numel > d:
         return None
-    k = math.ceil(n_paths * d * itemsize / (CACHE_SHARE * _last_level_cache_bytes()))
+    k = math.ceil(n_paths * d * itemsize / cache_budget())
     return None if k <= 1 else math.ceil(n_paths / k)
 
 

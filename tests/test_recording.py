@@ -157,7 +157,7 @@ def test_default_groups_fit_the_cache_and_give_the_same_values(monkeypatch):
     fussy = ss.FiniteSum(picky, torch.arange(8.0, dtype=F64), d=2)
     assert obs_mod.activation_bytes(fussy) is None and obs_mod._Loss(fussy).rows == obs_mod.EVAL_CHUNK // 8
     x = wide.x_init + 0.1 * torch.randn(40, wide.d, dtype=F64, generator=torch.Generator().manual_seed(0))
-    budget = streams.CACHE_SHARE * streams._last_level_cache_bytes()
+    budget = streams.cache_budget()
     assert obs_mod._Loss(wide).rows == max(1, min(obs_mod.EVAL_CHUNK // wide.n, int(budget // (wide.n * a_wide))))
     monkeypatch.setattr(streams, "_last_level_cache_bytes", lambda: 10 * wide.n * a_wide / streams.CACHE_SHARE)
     for make in (obs_mod._Loss, obs_mod._GradNorm):

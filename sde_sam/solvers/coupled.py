@@ -92,7 +92,7 @@ class Coupled(Solver):
                 torch.linalg.vector_norm(z.view(n_rows := z.shape[0], 2, d), dim=-1).amax(-1) > max_norm,
                 math.nan, 0.0).to(z.dtype)
         traj = _engine.drive(torch.cat([x, x], dim=-1), steps=steps // r, record_every=record_every // r,
-                             observables=obs, seed=seed, chunk_size=None, max_norm=math.inf, progress=progress,
+                             observables=obs, seed=seed, chunk_size=x.shape[0], max_norm=math.inf, progress=progress,
                              sampler=_placeholder(x), step=self._window(sde, r, seed), init=lambda z, g: None,
                              init_gauss=False, dt=sde.lr, info=info)
         values = {k: v for k, v in traj.values.items() if k != "_max_norm"}

@@ -87,8 +87,7 @@ class Solver:
             def init(z: Tensor, gauss: Tensor | None):
                 return sde.init_state(sde.position(z), None if gauss is None else gauss[..., :d])
         traj = _engine.drive(sde.lift(x), steps=steps, record_every=record_every, observables=observables, seed=seed,
-                             chunk_size="auto" if chunk_size is None else chunk_size, max_norm=max_norm,
-                             progress=progress,
+                             chunk_size=chunk_size, max_norm=max_norm, progress=progress,
                              sampler=self.sampler(sde, increments), step=self.scheduled_step(sde, dt), init=init,
                              init_gauss=sde.method.uses_eigenvector, rows_per_path=self.rows_per_path(sde), dt=dt,
                              info=info)
